@@ -1,0 +1,108 @@
+"""Loader backends: every one turns K sampling plans into batches of shape (K, B, ...) on the device.
+
+  tensor  the whole (pre-processed) training array lives on the device; a batch is one gather by
+          index. For MNIST and CIFAR-10, which fit in GPU memory (and in RAM here).
+  torch   a torch.utils.data.DataLoader per network over the same plans (decodes ImageNet files
+          with PIL); also the plain baseline that benchmarks compare against.
+  ffcv    FFCV .beton files (imbalance_core/ffcv_data.py), for JPEG-bound ImageNet.
+
+Every backend yields exactly `iterations` batches of exactly `batch_size` per network.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+
+from .sampling import SamplingPlan
+
+BACKENDS = ("auto", "tensor", "torch", "ffcv")
+
+
+@dataclass
+class ArrayData:
+    """A training or test array ready for a loader: `x` raw or pre-processed, `to_input` finishes it per batch."""
+    x: torch.Tensor
+    y: torch.Tensor
+    to_input: Callable[[torch.Tensor], torch.Tensor]
+
+    def to(self, device) -> "ArrayData":
+        return ArrayData(self.x.to(device), self.y.to(device), self.to_input)
+
+
+class TensorLoader:
+    """Device-resident loader: indices are drawn on the host in blocks, the gather runs on the device."""
+
+    def __init__(self, data: ArrayData, plans: list[SamplingPlan], batch_size: int, iterations: int,
+                 block: int = 32):
+        self.data, self.plans, self.B, self.iterations, self.block = data, plans, batch_size, iterations, block
+
+    def __len__(self) -> int:
+        return self.iterations
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        x, y = self.data.x, self.data.y
+        streams = [p.stream() for p in self.plans]
+        K, B = len(streams), self.B
+        for start in range(0, self.iterations, self.block):
+            nb = min(self.block, self.iterations - start)
+            idx = np.stack([s.take(nb * B) for s in streams]).reshape(K, nb, B)
+            idx = torch.from_numpy(idx).to(x.device, non_blocking=True)
+            for j in range(nb):
+                ij = idx[:, j]
+                yield self.data.to_input(x[ij]), y[ij]
+
+
+class _PlanBatchSampler(torch.utils.data.Sampler):
+    def __init__(self, plan: SamplingPlan, batch_size: int, iterations: int):
+        self.plan, self.B, self.iterations = plan, batch_size, iterations
+
+    def __len__(self):
+        return self.iterations
+
+    def __iter__(self):
+        stream = self.plan.stream()
+        for _ in range(self.iterations):
+            yield stream.take(self.B).tolist()
+
+
+class TorchLoader:
+    """One DataLoader per network over a map-style dataset; batches stacked to (K, B, ...)."""
+
+    def __init__(self, dataset: torch.utils.data.Dataset, plans: list[SamplingPlan], batch_size: int,
+                 iterations: int, device, num_workers: int = 0,
+                 to_input: Callable[[torch.Tensor], torch.Tensor] = lambda t: t):
+        self.loaders = [torch.utils.data.DataLoader(
+            dataset, batch_sampler=_PlanBatchSampler(p, batch_size, iterations), num_workers=num_workers,
+            pin_memory=torch.device(device).type == "cuda", persistent_workers=False) for p in plans]
+        self.device, self.iterations, self.to_input = torch.device(device), iterations, to_input
+
+    def __len__(self) -> int:
+        return self.iterations
+
+    def __iter__(self):
+        for batches in zip(*self.loaders):
+            xs = torch.stack([b[0] for b in batches]).to(self.device, non_blocking=True)
+            ys = torch.stack([b[1] for b in batches]).to(self.device, non_blocking=True)
+            yield self.to_input(xs), ys
+
+
+class ArrayDataset(torch.utils.data.Dataset):
+    """Map-style view of in-memory arrays (for the torch backend)."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor):
+        self.x, self.y = x, y
+
+    def __len__(self):
+        return len(self.y)
+
+    def __getitem__(self, i):
+        return self.x[i], self.y[i]
+
+
+def eval_batches(data: ArrayData, batch_size: int = 1000):
+    """The test set in order, in chunks, finished by `to_input`."""
+    for s in range(0, len(data.y), batch_size):
+        yield data.to_input(data.x[s:s + batch_size]), data.y[s:s + batch_size]

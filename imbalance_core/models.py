@@ -1,0 +1,275 @@
+"""Networks of Buda, Maki & Mazurowski (2018), in plain PyTorch.
+
+* :class:`LeNet5`   -- MNIST, Caffe's LeNet (no non-linearity after the convolutions).
+* :class:`AllCNNC`  -- CIFAR-10, All-CNN-C of Springenberg et al. (2015).
+* :class:`ResNet10` -- ImageNet, pre-activation ResNet (He et al. 2016, "Identity mappings")
+  with one basic block per stage.
+
+Every class carries ``last_layers``: the attribute names of the sub-modules that the second
+phase of two-phase training fine-tunes (the last layer; for All-CNN-C the two last 1x1
+convolutions, as in the paper).
+
+The models use no in-place operations, so that ``torch.func.stack_module_state`` +
+``torch.func.vmap(torch.func.functional_call(...), randomness='different')`` can train K
+copies at once (LeNet5 and AllCNNC are tested for this; ResNet10 has BatchNorm, whose
+running-statistics update needs extra care under vmap).
+
+Initialisation (as the paper):
+
+* LeNet5, AllCNNC: Xavier-uniform (Glorot) weights, zero biases.
+* ResNet10: Kaiming-normal (fan_out, relu) convolutions, BatchNorm weight 1 / bias 0, and the
+  final fc with PyTorch's *default* weight init (uniform in +-1/sqrt(fan_in), the same law as
+  Torch7's nn.Linear used by fb.resnet.torch) and a zero bias.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = [
+    "LeNet5",
+    "AllCNNC",
+    "ResNet10",
+    "PreActBasicBlock",
+    "MODELS",
+    "MODEL_FOR_DATASET",
+    "build_model",
+    "last_layer_parameters",
+    "freeze_all_but_last",
+    "count_parameters",
+]
+
+
+def _xavier_zero(module: nn.Module, generator: torch.Generator | None = None) -> None:
+    """Xavier-uniform weights and zero biases on every Conv2d / Linear inside ``module``."""
+    for m in module.modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            nn.init.xavier_uniform_(m.weight, generator=generator)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+
+
+class LeNet5(nn.Module):
+    """conv5x5x20 - maxpool2 - conv5x5x50 - maxpool2 - fc500 - ReLU - fc10; input (N,1,28,28).
+
+    Caffe's ``lenet_train_test.prototxt``: no ReLU after the convolutions.
+    """
+
+    last_layers: tuple[str, ...] = ("fc2",)
+
+    def __init__(self, num_classes: int = 10) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+        self.conv1 = nn.Conv2d(1, 20, kernel_size=5)   # 28 -> 24, pool -> 12
+        self.conv2 = nn.Conv2d(20, 50, kernel_size=5)  # 12 -> 8, pool -> 4
+        self.fc1 = nn.Linear(50 * 4 * 4, 500)
+        self.relu = nn.ReLU()
+        self.fc2 = nn.Linear(500, num_classes)
+        self.reset_parameters()
+
+    def reset_parameters(self, generator: torch.Generator | None = None) -> None:
+        _xavier_zero(self, generator)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.max_pool2d(self.conv1(x), kernel_size=2, stride=2)
+        x = F.max_pool2d(self.conv2(x), kernel_size=2, stride=2)
+        x = torch.flatten(x, 1)
+        x = self.relu(self.fc1(x))
+        return self.fc2(x)
+
+
+class AllCNNC(nn.Module):
+    """All-CNN-C (Springenberg et al. 2015); input (N,3,32,32).
+
+    dropout .2 - conv3x3x96 x2 - conv3x3x96/2 - dropout .5 - conv3x3x192 x2 -
+    conv3x3x192/2 - dropout .5 - conv3x3x192 (valid) - conv1x1x192 - conv1x1x{num_classes} -
+    global average pool.  ReLU after every convolution, the last one included.
+    Spatial sizes: 32 -> 32 -> 32 -> 16 -> 16 -> 16 -> 8 -> 6 -> 6 -> 6 -> 1.
+    """
+
+    last_layers: tuple[str, ...] = ("conv8", "conv9")
+
+    def __init__(self, num_classes: int = 10) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+        self.drop_in = nn.Dropout(0.2)
+        self.conv1 = nn.Conv2d(3, 96, 3, padding=1)
+        self.conv2 = nn.Conv2d(96, 96, 3, padding=1)
+        self.conv3 = nn.Conv2d(96, 96, 3, stride=2, padding=1)
+        self.drop1 = nn.Dropout(0.5)
+        self.conv4 = nn.Conv2d(96, 192, 3, padding=1)
+        self.conv5 = nn.Conv2d(192, 192, 3, padding=1)
+        self.conv6 = nn.Conv2d(192, 192, 3, stride=2, padding=1)
+        self.drop2 = nn.Dropout(0.5)
+        self.conv7 = nn.Conv2d(192, 192, 3, padding=0)
+        self.conv8 = nn.Conv2d(192, 192, 1)
+        self.conv9 = nn.Conv2d(192, num_classes, 1)
+        self.relu = nn.ReLU()
+        self.reset_parameters()
+
+    def reset_parameters(self, generator: torch.Generator | None = None) -> None:
+        _xavier_zero(self, generator)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        r = self.relu
+        x = self.drop_in(x)
+        x = r(self.conv1(x))
+        x = r(self.conv2(x))
+        x = r(self.conv3(x))
+        x = self.drop1(x)
+        x = r(self.conv4(x))
+        x = r(self.conv5(x))
+        x = r(self.conv6(x))
+        x = self.drop2(x)
+        x = r(self.conv7(x))
+        x = r(self.conv8(x))
+        x = r(self.conv9(x))
+        return x.mean(dim=(2, 3))
+
+
+class PreActBasicBlock(nn.Module):
+    """BN-ReLU-conv3x3, BN-ReLU-conv3x3 plus shortcut (He et al. 2016, identity mappings).
+
+    When the shape changes the shortcut is a 1x1 projection applied to the pre-activated
+    input (as fb.resnet.torch's pre-activation model and the paper's Fig. 4(e) practice).
+    """
+
+    def __init__(self, in_planes: int, planes: int, stride: int = 1) -> None:
+        super().__init__()
+        self.bn1 = nn.BatchNorm2d(in_planes)
+        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride=stride, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, stride=1, padding=1, bias=False)
+        self.relu = nn.ReLU()
+        if stride != 1 or in_planes != planes:
+            self.shortcut: nn.Module | None = nn.Conv2d(
+                in_planes, planes, 1, stride=stride, bias=False
+            )
+        else:
+            self.shortcut = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.relu(self.bn1(x))
+        shortcut = self.shortcut(out) if self.shortcut is not None else x
+        out = self.conv1(out)
+        out = self.conv2(self.relu(self.bn2(out)))
+        return out + shortcut
+
+
+class ResNet10(nn.Module):
+    """Pre-activation ResNet-10; input (N,3,224,224).
+
+    stem conv7x7/2 64 - BN - ReLU - maxpool3x3/2, then one pre-activation basic block per
+    stage (widths 64-128-256-512, strides 1,2,2,2), final BN - ReLU - global avg pool - fc.
+    """
+
+    last_layers: tuple[str, ...] = ("fc",)
+
+    def __init__(self, num_classes: int = 1000) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+        self.conv1 = nn.Conv2d(3, 64, 7, stride=2, padding=3, bias=False)
+        self.bn1 = nn.BatchNorm2d(64)
+        self.relu = nn.ReLU()
+        self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
+        self.layer1 = PreActBasicBlock(64, 64, stride=1)
+        self.layer2 = PreActBasicBlock(64, 128, stride=2)
+        self.layer3 = PreActBasicBlock(128, 256, stride=2)
+        self.layer4 = PreActBasicBlock(256, 512, stride=2)
+        self.bn_final = nn.BatchNorm2d(512)
+        self.fc = nn.Linear(512, num_classes)
+        self.reset_parameters()
+
+    def reset_parameters(self, generator: torch.Generator | None = None) -> None:
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(
+                    m.weight, mode="fan_out", nonlinearity="relu", generator=generator
+                )
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+                m.reset_running_stats()
+        # fc: PyTorch/Torch7 default law U(-1/sqrt(fan_in), 1/sqrt(fan_in)), zero bias.
+        bound = 1.0 / math.sqrt(self.fc.in_features)
+        nn.init.uniform_(self.fc.weight, -bound, bound, generator=generator)
+        nn.init.zeros_(self.fc.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        x = self.layer1(x)
+        x = self.layer2(x)
+        x = self.layer3(x)
+        x = self.layer4(x)
+        x = self.relu(self.bn_final(x))
+        x = torch.flatten(x.mean(dim=(2, 3)), 1)
+        return self.fc(x)
+
+
+MODELS: dict[str, type[nn.Module]] = {
+    "lenet5": LeNet5,
+    "allcnnc": AllCNNC,
+    "resnet10": ResNet10,
+}
+
+MODEL_FOR_DATASET: dict[str, str] = {
+    "mnist": "lenet5",
+    "mnist-sample": "lenet5",
+    "cifar10": "allcnnc",
+    "imagenet": "resnet10",
+}
+
+
+def build_model(name: str, num_classes: int, seed: int | None = None) -> nn.Module:
+    """Build model ``name`` (a key of :data:`MODELS`) with ``num_classes`` outputs.
+
+    With ``seed`` the initialisation is a deterministic function of the seed and the global
+    (CPU) RNG state is left exactly as it was; with ``seed=None`` the global RNG is used (and
+    advanced) as by any ``nn.Module`` constructor.
+    """
+    key = name.lower() if isinstance(name, str) else name
+    if key not in MODELS:
+        raise ValueError(
+            f"unknown model {name!r}; allowed names: {', '.join(sorted(MODELS))}"
+        )
+    cls = MODELS[key]
+    if seed is None:
+        return cls(num_classes=num_classes)
+    # Construction happens on the CPU; fork only the CPU RNG (devices=[]) and restore it.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(seed))
+        model = cls(num_classes=num_classes)
+    return model
+
+
+def _last_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    names = getattr(model, "last_layers", None)
+    if not names:
+        raise AttributeError(f"{type(model).__name__} has no 'last_layers' attribute")
+    return [(n, model.get_submodule(n)) for n in names]
+
+
+def last_layer_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """Parameters of the sub-modules named in ``model.last_layers``, in that order."""
+    return [p for _, m in _last_modules(model) for p in m.parameters()]
+
+
+def freeze_all_but_last(model: nn.Module) -> None:
+    """Set ``requires_grad=False`` on every parameter except those of ``model.last_layers``.
+
+    Only gradients are affected; train/eval mode (dropout, BatchNorm statistics) is not.
+    """
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for p in last_layer_parameters(model):
+        p.requires_grad_(True)
+
+
+def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
+    """Number of scalar parameters (buffers such as BN running statistics excluded)."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)

@@ -1,0 +1,146 @@
+"""Sampling plans: what each method trains on, as per-class targets re-drawn every epoch.
+
+A plan never copies data: an epoch is an array of indices into the full training arrays
+(repeats allowed, which is how ROS oversamples). Every loader backend consumes the same plan.
+
+Methods (STUDY.md "Methods"):
+  baseline       the imbalanced subset as it is
+  ros            every class oversampled to the largest class
+  rus            every class undersampled to the smallest class
+  partial-ros    every class oversampled to at least max / level       (level = remaining imbalance, 1..rho)
+  partial-rus    every class undersampled to at most  min * level
+  weighted       a per-class weight vector: each epoch draws len(subset) examples with replacement,
+                 P(example) proportional to its class weight (torch's WeightedRandomSampler semantics)
+Two-phase methods train phase 1 on ros/rus and phase 2 on baseline (see `phases`).
+Thresholding is not a sampling method: it is a metric of any trained network (metrics.py).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from .imbalance import Subset
+
+SAMPLERS = ("baseline", "ros", "rus", "partial-ros", "partial-rus", "weighted")
+METHODS = ("baseline", "ros", "rus", "two-phase-ros", "two-phase-rus", "partial-ros", "partial-rus")
+
+
+def phases(method: str) -> tuple[str, ...]:
+    """Sampler of each training phase of `method` (two-phase: base sampler, then baseline fine-tuning)."""
+    if method not in METHODS:
+        raise ValueError(f"method {method!r} is unknown; choose one of {', '.join(METHODS)}")
+    if method.startswith("two-phase-"):
+        return (method.removeprefix("two-phase-"), "baseline")
+    return (method,)
+
+
+def target_counts(counts: tuple[int, ...] | list[int], sampler: str, level: float | None = None) -> list[int]:
+    """Per-class examples per epoch that `sampler` delivers from a subset with `counts`."""
+    counts = [int(c) for c in counts]
+    hi, lo = max(counts), min(counts)
+    if sampler in ("baseline", "weighted"):
+        return counts
+    if sampler == "ros":
+        return [hi] * len(counts)
+    if sampler == "rus":
+        return [lo] * len(counts)
+    if sampler in ("partial-ros", "partial-rus"):
+        rho = hi / lo
+        if level is None or not (1 <= level <= max(rho, 1)):
+            raise ValueError(f"sampling level={level!r} is not allowed for {sampler}: it is the imbalance ratio left "
+                             f"after sampling, in [1, {rho:g}] (1 = full balance, {rho:g} = none)")
+        if sampler == "partial-ros":
+            floor_ = math.ceil(hi / level - 1e-9)
+            return [max(c, floor_) for c in counts]
+        ceil_ = math.floor(lo * level + 1e-9)
+        return [min(c, ceil_) for c in counts]
+    raise ValueError(f"sampler {sampler!r} is unknown; choose one of {', '.join(SAMPLERS)}")
+
+
+def _class_draw(pool: np.ndarray, target: int, rng: np.random.Generator) -> np.ndarray:
+    """`target` indices from `pool`: whole copies of the pool, then a random part without replacement."""
+    reps, rest = divmod(target, len(pool))
+    parts = [pool] * reps
+    if rest:
+        parts.append(rng.choice(pool, size=rest, replace=False))
+    return np.concatenate(parts) if parts else pool[:0]
+
+
+@dataclass(frozen=True)
+class SamplingPlan:
+    """One network's training stream for one phase: per-class draws, re-drawn per epoch from `seed`."""
+    subset: Subset
+    labels: np.ndarray                 # labels of the full training arrays
+    sampler: str = "baseline"
+    level: float | None = None
+    class_weights: tuple[float, ...] | None = None
+    seed: int = 0
+    stream_id: int = 0                 # separates the streams of one seed (e.g. the two phases)
+
+    @staticmethod
+    def check_level(sampler: str, counts, level) -> None:
+        target_counts(counts, sampler, level)
+
+    def __post_init__(self):
+        if self.sampler == "weighted":
+            w = self.class_weights
+            if w is None or len(w) != len(self.subset.counts) or min(w) < 0 or sum(w) <= 0:
+                raise ValueError(f"class_weights={w!r} is not allowed: need {len(self.subset.counts)} "
+                                 f"non-negative weights with a positive sum")
+        target_counts(self.subset.counts, self.sampler, self.level)  # validates sampler and level
+
+    @property
+    def counts(self) -> list[int]:
+        return target_counts(self.subset.counts, self.sampler, self.level)
+
+    @property
+    def epoch_size(self) -> int:
+        return int(sum(self.counts))
+
+    def _pools(self) -> list[np.ndarray]:
+        sub_labels = self.labels[self.subset.indices]
+        return [self.subset.indices[sub_labels == c] for c in range(len(self.subset.counts))]
+
+    def epoch(self, epoch: int) -> np.ndarray:
+        """The shuffled indices of epoch `epoch` (deterministic in seed and epoch)."""
+        rng = np.random.default_rng([int(self.seed), int(self.stream_id), 0x5A3, int(epoch)])
+        if self.sampler == "weighted":
+            idx = self.subset.indices
+            w = np.asarray(self.class_weights, dtype=np.float64)[self.labels[idx]]
+            return rng.choice(idx, size=len(idx), replace=True, p=w / w.sum())
+        pools = self._pools()
+        if self.sampler == "baseline":
+            out = self.subset.indices
+        else:
+            out = np.concatenate([_class_draw(p, t, rng) for p, t in zip(pools, self.counts)])
+        return rng.permutation(out)
+
+    def stream(self, start_epoch: int = 0) -> "IndexStream":
+        return IndexStream(self, start_epoch)
+
+    def batches(self, batch_size: int, start_epoch: int = 0):
+        """Endless stream of index batches of exactly `batch_size`, crossing epoch boundaries."""
+        stream = self.stream(start_epoch)
+        while True:
+            yield stream.take(batch_size)
+
+
+class IndexStream:
+    """Stateful reader of a plan's epochs: `take(n)` returns the next n indices (epochs concatenated)."""
+
+    def __init__(self, plan: SamplingPlan, start_epoch: int = 0):
+        self.plan, self.next_epoch = plan, start_epoch
+        self.buf = np.empty(0, dtype=np.int64)
+
+    def take(self, n: int) -> np.ndarray:
+        parts, have = [self.buf], len(self.buf)
+        while have < n:
+            e = self.plan.epoch(self.next_epoch)
+            self.next_epoch += 1
+            parts.append(e)
+            have += len(e)
+        allidx = np.concatenate(parts) if len(parts) > 1 else self.buf
+        self.buf = allidx[n:]
+        return allidx[:n]

@@ -1,0 +1,287 @@
+"""One trial of the study: a config in, a dict of metrics out. Also the one-trial CLI.
+
+    python -m imbalance_core.trial --dataset mnist --data-dir DIR --imbalance step --rho 100 --mu 0.5 \
+        --method ros --seed 0 [--iterations N] [--device cpu|cuda]
+
+`run_trials(configs)` trains several networks of one shape at once (a "pack": the seeds or methods
+of a grid cell); `run_trial(config)` is the pack of one. A two-phase network in a pack shares its
+first phase with the plain ROS/RUS network of the same subset and seed when both are asked for.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import functools
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from . import datasets as D
+from .imbalance import PROFILES, class_counts, make_subset
+from .loaders import BACKENDS, ArrayDataset, TensorLoader, TorchLoader, eval_batches
+from .metrics import evaluate
+from .models import MODEL_FOR_DATASET, build_model
+from .preprocess import ImageFiles, array_data, imagenet_transforms
+from .sampling import METHODS, SamplingPlan, phases
+from .train import Schedule, StackedNets, predict, schedule_for, train
+
+FINETUNE_LR_SCALE = 0.1           # two-phase: phase 2 base lr = base lr x 0.1 (STUDY.md)
+
+
+@dataclass(frozen=True)
+class TrialConfig:
+    """Everything that defines one trained network. A config is data: `dataclasses.asdict` round-trips it."""
+    dataset: str = "mnist-sample"
+    data_dir: str | None = None
+    imbalance: str = "step"           # balanced | step | linear | exponential
+    rho: float = 10.0
+    mu: float = 0.5
+    method: str = "baseline"          # see sampling.METHODS
+    level: float | None = None        # partial-ros / partial-rus: imbalance ratio left after sampling
+    seed: int = 0
+    iterations: int | None = None     # None: the paper's count for the dataset
+    lr: float | None = None           # base lr; None: the paper's (CIFAR-10: searched by the grid)
+    batch_size: int | None = None
+    n_per_class: int | None = None    # None: the paper's n for the dataset
+    device: str = "auto"              # auto | cpu | cuda
+    loader: str = "auto"              # auto | tensor | torch | ffcv
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrialConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ValueError(f"unknown trial config keys {unknown}; allowed: {sorted(names)}")
+        return cls(**d)
+
+    @property
+    def n(self) -> int:
+        return int(self.n_per_class or D.N_PER_CLASS[self.dataset])
+
+    @property
+    def schedule(self) -> Schedule:
+        return schedule_for(self.dataset, self.iterations, self.lr, self.batch_size)
+
+    @property
+    def model(self) -> str:
+        return MODEL_FOR_DATASET[self.dataset]
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device='cuda' was asked for but CUDA is not available here; use --device cpu or auto")
+    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
+        raise ValueError(f"device={device!r} is not allowed; choose auto, cpu or cuda")
+    return torch.device(device)
+
+
+def resolve_loader(config: TrialConfig) -> str:
+    if config.loader not in BACKENDS:
+        raise ValueError(f"loader={config.loader!r} is unknown; choose one of {', '.join(BACKENDS)}")
+    if config.loader != "auto":
+        return config.loader
+    return "torch" if config.dataset == "imagenet" else "tensor"
+
+
+NUM_CLASSES = {"mnist": 10, "mnist-sample": 10, "cifar10": 10}
+
+
+def validate(config: TrialConfig) -> None:
+    """Every check that needs no data: raise ValueError naming the bad value before anything runs."""
+    if config.dataset not in D.DATASETS:
+        raise ValueError(f"dataset={config.dataset!r} is unknown; choose one of {', '.join(D.DATASETS)}")
+    if config.dataset != "mnist-sample" and not config.data_dir:
+        raise ValueError(f"dataset={config.dataset!r} needs a data directory (--data-dir)")
+    if config.imbalance not in PROFILES:
+        raise ValueError(f"imbalance={config.imbalance!r} is unknown; choose one of {', '.join(PROFILES)}")
+    if config.method not in METHODS:
+        raise ValueError(f"method={config.method!r} is unknown; choose one of {', '.join(METHODS)}")
+    if config.n_per_class is not None and int(config.n_per_class) < 1:
+        raise ValueError(f"n_per_class={config.n_per_class!r} is not allowed: need an integer >= 1")
+    if config.batch_size is not None and int(config.batch_size) < 1:
+        raise ValueError(f"batch_size={config.batch_size!r} is not allowed: need an integer >= 1")
+    counts = class_counts(config.imbalance, config.n, NUM_CLASSES.get(config.dataset, 10), config.rho, config.mu)
+    if config.method.startswith("partial-"):
+        SamplingPlan.check_level(config.method, counts, config.level)
+    config.schedule  # validates iterations and lr
+    resolve_device(config.device)
+    resolve_loader(config)
+
+
+@functools.lru_cache(maxsize=2)
+def load_prepared(dataset: str, data_dir: str | None):
+    """The dataset and its preprocessed arrays, loaded once per process."""
+    ds = D.load_dataset(dataset, data_dir)
+    if isinstance(ds, D.FileDataset):
+        return ds, None, None
+    tr, te = array_data(ds)
+    return ds, tr, te
+
+
+def _loader(backend: str, ds, train_data, plans, schedule: Schedule, device, iterations: int):
+    if backend == "tensor":
+        if train_data is None:
+            raise ValueError(f"loader='tensor' needs an in-memory dataset; {ds.name!r} is decoded from files")
+        return TensorLoader(train_data.to(device), plans, schedule.batch_size, iterations)
+    if backend == "torch":
+        if train_data is None:
+            dataset = ImageFiles(ds.train_files, ds.train_y, imagenet_transforms(train=True))
+            workers = min(4, os.cpu_count() or 1)
+            return TorchLoader(dataset, plans, schedule.batch_size, iterations, device, num_workers=workers)
+        return TorchLoader(ArrayDataset(train_data.x, train_data.y), plans, schedule.batch_size, iterations,
+                           device, to_input=train_data.to_input)
+    if backend == "ffcv":
+        from . import ffcv_data
+        return ffcv_data.train_loader(ds, plans, schedule.batch_size, iterations, device)
+    raise ValueError(f"loader={backend!r} is unknown; choose one of {', '.join(BACKENDS)}")
+
+
+def _test_batches(ds, test_data, device):
+    if test_data is not None:
+        return eval_batches(test_data.to(device), 1000)
+    files = ImageFiles(ds.test_files, ds.test_y, imagenet_transforms(train=False))
+    dl = torch.utils.data.DataLoader(files, batch_size=64, num_workers=min(4, os.cpu_count() or 1))
+    return ((x.to(device), y) for x, y in dl)
+
+
+def _check_pack(configs: list[TrialConfig]) -> None:
+    shared = ("dataset", "data_dir", "iterations", "lr", "batch_size", "n_per_class", "device", "loader")
+    for name in shared:
+        values = {getattr(c, name) for c in configs}
+        if len(values) > 1:
+            raise ValueError(f"a pack must share {name}; got {sorted(map(str, values))}")
+
+
+def run_trials(configs: list[TrialConfig], log=None) -> list[dict]:
+    """Train and evaluate every config of a pack (same dataset and schedule); one result dict each."""
+    configs = [c if isinstance(c, TrialConfig) else TrialConfig.from_dict(c) for c in configs]
+    if not configs:
+        return []
+    for c in configs:
+        validate(c)
+    _check_pack(configs)
+    c0 = configs[0]
+    device, backend, schedule = resolve_device(c0.device), resolve_loader(c0), c0.schedule
+    ds, train_data, test_data = load_prepared(c0.dataset, c0.data_dir)
+    labels = np.asarray(ds.train_y)
+    subsets = [make_subset(labels, c.dataset, c.imbalance, c.n, c.rho, c.mu, c.seed) for c in configs]
+    t_start = time.perf_counter()
+
+    # Phase 1: every distinct (subset, sampler, level, seed) network once.
+    groups: dict[tuple, list[int]] = {}
+    for i, c in enumerate(configs):
+        groups.setdefault((c.imbalance, c.rho, c.mu, c.seed, phases(c.method)[0], c.level), []).append(i)
+    keys = list(groups)
+    net_of = {i: j for j, k in enumerate(keys) for i in groups[k]}
+    models = [build_model(c0.model, ds.num_classes, seed=k[3]) for k in keys]
+    plans = [SamplingPlan(subsets[groups[k][0]], labels, sampler=k[4], level=k[5], seed=k[3], stream_id=1)
+             for k in keys]
+    nets = StackedNets(models, device)
+    loader = _loader(backend, ds, train_data, plans, schedule, device, schedule.iterations)
+    stats1 = train(nets, loader, schedule, log_every=max(1, schedule.iterations // 10) if log else 0,
+                   log=log or print)
+    states1 = nets.state_dicts()
+    test1 = predict(nets, _test_batches(ds, test_data, device)).numpy()
+    scores = {i: test1[net_of[i]] for i in range(len(configs))}
+    del nets
+
+    # Phase 2 (two-phase methods): fine-tune the last layer(s) on the imbalanced subset, lr x 0.1.
+    two = [i for i, c in enumerate(configs) if len(phases(c.method)) == 2]
+    stats2 = None
+    if two:
+        models = []
+        for i in two:
+            m = build_model(c0.model, ds.num_classes, seed=configs[i].seed)
+            m.load_state_dict(states1[net_of[i]])
+            models.append(m)
+        plans = [SamplingPlan(subsets[i], labels, sampler="baseline", seed=configs[i].seed, stream_id=2) for i in two]
+        nets = StackedNets(models, device)
+        loader = _loader(backend, ds, train_data, plans, schedule, device, schedule.iterations)
+        stats2 = train(nets, loader, schedule, lr_scale=FINETUNE_LR_SCALE, only_last=True)
+        test2 = predict(nets, _test_batches(ds, test_data, device)).numpy()
+        scores.update({i: test2[j] for j, i in enumerate(two)})
+        del nets
+
+    y_test = np.asarray(ds.test_y if test_data is None else test_data.y.numpy())
+    pack_seconds = time.perf_counter() - t_start
+    results = []
+    for i, c in enumerate(configs):
+        sub = subsets[i]
+        sampled = SamplingPlan(sub, labels, sampler=phases(c.method)[0], level=c.level).counts
+        # each network's share of the pack's training time
+        train_s = stats1.seconds / len(keys) + (stats2.seconds / len(two) if i in two else 0.0)
+        m = evaluate(y_test, scores[i], sub.priors)
+        m.update({
+            "train_examples": int(len(sub.indices)),
+            "class_counts": list(sub.counts),
+            "sampled_counts": sampled,
+            "epoch_examples": int(sum(sampled)),
+            "iterations": stats1.iterations,
+            "finetune_iterations": stats2.iterations if i in two else 0,
+            "batch_size": schedule.batch_size,
+            "base_lr": schedule.base_lr,
+            "train_seconds": train_s,
+            "images_per_second": stats1.images_per_second,
+            "final_loss": stats1.final_loss[net_of[i]],
+            "pack_size": len(configs),
+            "pack_seconds": pack_seconds,
+            "device": str(device),
+            "loader": backend,
+            "model": c0.model,
+            "test_examples": int(len(y_test)),
+        })
+        results.append(m)
+    return results
+
+
+def run_trial(config: TrialConfig | dict, log=None) -> dict:
+    """One network: train on the config's imbalanced subset with its method, evaluate on the balanced test set."""
+    return run_trials([config], log=log)[0]
+
+
+def _parse(argv):
+    p = argparse.ArgumentParser(prog="python -m imbalance_core.trial", description=__doc__.split("\n\n")[0])
+    f = {f.name: f for f in dataclasses.fields(TrialConfig)}
+    p.add_argument("--dataset", default=f["dataset"].default, help=f"one of {', '.join(D.DATASETS)}")
+    p.add_argument("--data-dir", default=None, help="folder holding the dataset in its official layout")
+    p.add_argument("--imbalance", default="step", help=f"one of {', '.join(PROFILES)}")
+    p.add_argument("--rho", type=float, default=10.0)
+    p.add_argument("--mu", type=float, default=0.5)
+    p.add_argument("--method", default="baseline", help=f"one of {', '.join(METHODS)}")
+    p.add_argument("--level", type=float, default=None, help="partial-ros/rus: imbalance ratio left after sampling")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--iterations", type=int, default=None, help="default: the paper's count for the dataset")
+    p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--n-per-class", type=int, default=None)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--loader", default="auto", help=f"one of {', '.join(BACKENDS)}")
+    p.add_argument("--quiet", action="store_true")
+    a = vars(p.parse_args(argv))
+    quiet = a.pop("quiet")
+    return TrialConfig(**a), quiet
+
+
+def main(argv=None) -> int:
+    config, quiet = _parse(argv)
+    try:
+        validate(config)
+        result = run_trial(config, log=None if quiet else (lambda s: print(s, file=sys.stderr, flush=True)))
+    except (ValueError, FloatingPointError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    out = {"config": dataclasses.asdict(config), **result}
+    print(json.dumps(out))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
