@@ -14,6 +14,7 @@ Choices this module makes where the paper is silent (documented in the README):
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 
 import numpy as np
@@ -27,14 +28,19 @@ def round_half_up(x: float) -> int:
     return int(math.floor(x + 0.5 + 1e-9))
 
 
+def _is_real(x) -> bool:
+    """A real number, numpy scalars included (np.int64 and np.float32 are not int/float subclasses)."""
+    return isinstance(x, numbers.Real) and not isinstance(x, bool)
+
+
 def _check_rho(rho: float) -> float:
-    if not isinstance(rho, (int, float)) or not math.isfinite(rho) or rho < 1:
+    if not _is_real(rho) or not math.isfinite(rho) or rho < 1:
         raise ValueError(f"rho={rho!r} is not allowed: rho = max/min class size must be a number >= 1")
     return float(rho)
 
 
 def _check_mu(mu: float) -> float:
-    if not isinstance(mu, (int, float)) or not (0 < mu <= 1):
+    if not _is_real(mu) or not (0 < mu <= 1):
         raise ValueError(f"mu={mu!r} is not allowed: mu = fraction of minority classes must be in (0, 1]")
     return float(mu)
 
@@ -111,13 +117,13 @@ def draw_subset(labels: np.ndarray, counts_by_rank: list[int], order: str, seed:
     ranks_to_label = class_order(C, order, rng)
     counts = np.zeros(C, dtype=np.int64)
     counts[ranks_to_label] = counts_by_rank
-    picked = []
+    pools = [np.flatnonzero(labels == label) for label in range(C)]
+    sizes = [len(p) for p in pools]
     for label in range(C):
-        pool = np.flatnonzero(labels == label)
-        if counts[label] > len(pool):
-            raise ValueError(f"class {label} has {len(pool)} training examples but {int(counts[label])} were asked "
-                             f"for; lower n (at most {len(pool)}) for this dataset")
-        picked.append(np.sort(rng.choice(pool, size=int(counts[label]), replace=False)))
+        if counts[label] > sizes[label]:
+            raise ValueError(f"class {label} has {sizes[label]} training examples but {int(counts[label])} were asked "
+                             f"for; lower n (the smallest class of this dataset has {min(sizes)})")
+    picked = [np.sort(rng.choice(pool, size=int(k), replace=False)) for pool, k in zip(pools, counts)]
     return Subset(indices=np.concatenate(picked).astype(np.int64), counts=tuple(int(c) for c in counts))
 
 

@@ -14,7 +14,7 @@ from sklearn.metrics import confusion_matrix, roc_auc_score
 def threshold(scores: np.ndarray, priors: np.ndarray) -> np.ndarray:
     """Scores divided by the class priors p(i) = |i| / sum_k |k| (zero priors are not allowed)."""
     priors = np.asarray(priors, dtype=np.float64)
-    if priors.shape != (scores.shape[1],) or np.any(priors <= 0):
+    if priors.shape != (scores.shape[1],) or not np.all(np.isfinite(priors) & (priors > 0)):
         raise ValueError(f"priors {priors!r} must be {scores.shape[1]} positive class frequencies")
     return scores / priors
 

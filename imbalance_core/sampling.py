@@ -48,9 +48,13 @@ def target_counts(counts: tuple[int, ...] | list[int], sampler: str, level: floa
         return [lo] * len(counts)
     if sampler in ("partial-ros", "partial-rus"):
         rho = hi / lo
-        if level is None or not (1 <= level <= max(rho, 1)):
+        # A profile's nominal rho can exceed hi / lo because n / rho is rounded (half up) to lo: any rho with
+        # n / rho >= lo - 1/2 gives this subset, so level = that nominal rho (= no sampling) is accepted too.
+        top = hi / (lo - 0.5) * (1 + 1e-12)
+        if level is None or not (1 <= level <= top):
             raise ValueError(f"sampling level={level!r} is not allowed for {sampler}: it is the imbalance ratio left "
-                             f"after sampling, in [1, {rho:g}] (1 = full balance, {rho:g} = none)")
+                             f"after sampling, in [1, {rho:g}] (1 = full balance, {rho:g} = none; a nominal rho up "
+                             f"to {top:g} that rounds to these counts is accepted as none)")
         if sampler == "partial-ros":
             floor_ = math.ceil(hi / level - 1e-9)
             return [max(c, floor_) for c in counts]
@@ -86,7 +90,9 @@ class SamplingPlan:
     def __post_init__(self):
         if self.sampler == "weighted":
             w = self.class_weights
-            if w is None or len(w) != len(self.subset.counts) or min(w) < 0 or sum(w) <= 0:
+            ok = w is not None and len(w) == len(self.subset.counts)
+            ok = ok and all(math.isfinite(x) and x >= 0 for x in w) and sum(w) > 0
+            if not ok:
                 raise ValueError(f"class_weights={w!r} is not allowed: need {len(self.subset.counts)} "
                                  f"non-negative weights with a positive sum")
         target_counts(self.subset.counts, self.sampler, self.level)  # validates sampler and level

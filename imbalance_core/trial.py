@@ -29,7 +29,7 @@ from .metrics import evaluate
 from .models import MODEL_FOR_DATASET, build_model
 from .preprocess import ImageFiles, array_data, imagenet_transforms
 from .sampling import METHODS, SamplingPlan, phases
-from .train import Schedule, StackedNets, predict, schedule_for, train
+from .train import Schedule, StackedNets, TrainStats, predict, schedule_for, train
 
 FINETUNE_LR_SCALE = 0.1           # two-phase: phase 2 base lr = base lr x 0.1 (STUDY.md)
 
@@ -160,8 +160,33 @@ def _check_pack(configs: list[TrialConfig]) -> None:
             raise ValueError(f"a pack must share {name}; got {sorted(map(str, values))}")
 
 
-def run_trials(configs: list[TrialConfig], log=None) -> list[dict]:
-    """Train and evaluate every config of a pack (same dataset and schedule); one result dict each."""
+def _train_phase(c0, ds, train_data, test_data, backend, schedule, device, stack, models, plans,
+                 lr_scale=1.0, only_last=False, log=None):
+    """Train `models` on `plans` (stacked in one vmap, or one after another), then score the test set.
+
+    Returns (state dicts, test scores (K, N, C), per-network TrainStats with that network's share of time).
+    """
+    groups = [list(range(len(models)))] if stack else [[k] for k in range(len(models))]
+    states, scores, stats = [None] * len(models), [None] * len(models), [None] * len(models)
+    for g in groups:
+        nets = StackedNets([models[k] for k in g], device, channels_last=(len(g) == 1 and device.type == "cpu"))
+        loader = _loader(backend, ds, train_data, [plans[k] for k in g], schedule, device, schedule.iterations)
+        st = train(nets, loader, schedule, lr_scale=lr_scale, only_last=only_last,
+                   log_every=max(1, schedule.iterations // 10) if log else 0, log=log or print)
+        sc = predict(nets, _test_batches(ds, test_data, device)).numpy()
+        for j, (k, sd) in enumerate(zip(g, nets.state_dicts())):
+            states[k], scores[k] = sd, sc[j]
+            stats[k] = TrainStats(st.iterations, st.images // len(g), st.seconds / len(g), [st.final_loss[j]])
+    return states, np.stack(scores), stats
+
+
+def run_trials(configs: list[TrialConfig], log=None, stack: bool | None = None) -> list[dict]:
+    """Train and evaluate every config of a pack (same dataset and schedule); one result dict each.
+
+    stack: train the pack's networks as one vmap-stacked model (default on CUDA, where it pays) or one
+    after another (default on CPU, where stacking measured no faster; the pack still shares one process,
+    one dataset load and one set of test batches).
+    """
     configs = [c if isinstance(c, TrialConfig) else TrialConfig.from_dict(c) for c in configs]
     if not configs:
         return []
@@ -175,6 +200,9 @@ def run_trials(configs: list[TrialConfig], log=None) -> list[dict]:
     subsets = [make_subset(labels, c.dataset, c.imbalance, c.n, c.rho, c.mu, c.seed) for c in configs]
     t_start = time.perf_counter()
 
+    stack = device.type == "cuda" if stack is None else stack
+    phase = functools.partial(_train_phase, c0, ds, train_data, test_data, backend, schedule, device, stack)
+
     # Phase 1: every distinct (subset, sampler, level, seed) network once.
     groups: dict[tuple, list[int]] = {}
     for i, c in enumerate(configs):
@@ -184,18 +212,12 @@ def run_trials(configs: list[TrialConfig], log=None) -> list[dict]:
     models = [build_model(c0.model, ds.num_classes, seed=k[3]) for k in keys]
     plans = [SamplingPlan(subsets[groups[k][0]], labels, sampler=k[4], level=k[5], seed=k[3], stream_id=1)
              for k in keys]
-    nets = StackedNets(models, device)
-    loader = _loader(backend, ds, train_data, plans, schedule, device, schedule.iterations)
-    stats1 = train(nets, loader, schedule, log_every=max(1, schedule.iterations // 10) if log else 0,
-                   log=log or print)
-    states1 = nets.state_dicts()
-    test1 = predict(nets, _test_batches(ds, test_data, device)).numpy()
+    states1, test1, stats1 = phase(models, plans, log=log)
     scores = {i: test1[net_of[i]] for i in range(len(configs))}
-    del nets
+    stats = {i: [stats1[net_of[i]]] for i in range(len(configs))}
 
     # Phase 2 (two-phase methods): fine-tune the last layer(s) on the imbalanced subset, lr x 0.1.
     two = [i for i, c in enumerate(configs) if len(phases(c.method)) == 2]
-    stats2 = None
     if two:
         models = []
         for i in two:
@@ -203,12 +225,10 @@ def run_trials(configs: list[TrialConfig], log=None) -> list[dict]:
             m.load_state_dict(states1[net_of[i]])
             models.append(m)
         plans = [SamplingPlan(subsets[i], labels, sampler="baseline", seed=configs[i].seed, stream_id=2) for i in two]
-        nets = StackedNets(models, device)
-        loader = _loader(backend, ds, train_data, plans, schedule, device, schedule.iterations)
-        stats2 = train(nets, loader, schedule, lr_scale=FINETUNE_LR_SCALE, only_last=True)
-        test2 = predict(nets, _test_batches(ds, test_data, device)).numpy()
-        scores.update({i: test2[j] for j, i in enumerate(two)})
-        del nets
+        _, test2, stats2 = phase(models, plans, lr_scale=FINETUNE_LR_SCALE, only_last=True)
+        for j, i in enumerate(two):
+            scores[i] = test2[j]
+            stats[i].append(stats2[j])
 
     y_test = np.asarray(ds.test_y if test_data is None else test_data.y.numpy())
     pack_seconds = time.perf_counter() - t_start
@@ -216,21 +236,20 @@ def run_trials(configs: list[TrialConfig], log=None) -> list[dict]:
     for i, c in enumerate(configs):
         sub = subsets[i]
         sampled = SamplingPlan(sub, labels, sampler=phases(c.method)[0], level=c.level).counts
-        # each network's share of the pack's training time
-        train_s = stats1.seconds / len(keys) + (stats2.seconds / len(two) if i in two else 0.0)
+        st = stats[i]
         m = evaluate(y_test, scores[i], sub.priors)
         m.update({
             "train_examples": int(len(sub.indices)),
             "class_counts": list(sub.counts),
             "sampled_counts": sampled,
             "epoch_examples": int(sum(sampled)),
-            "iterations": stats1.iterations,
-            "finetune_iterations": stats2.iterations if i in two else 0,
+            "iterations": st[0].iterations,
+            "finetune_iterations": st[1].iterations if len(st) > 1 else 0,
             "batch_size": schedule.batch_size,
             "base_lr": schedule.base_lr,
-            "train_seconds": train_s,
-            "images_per_second": stats1.images_per_second,
-            "final_loss": stats1.final_loss[net_of[i]],
+            "train_seconds": sum(x.seconds for x in st),      # this network's share of the pack's time
+            "images_per_second": st[0].images_per_second,
+            "final_loss": st[-1].final_loss[0],
             "pack_size": len(configs),
             "pack_seconds": pack_seconds,
             "device": str(device),

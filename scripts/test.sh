@@ -4,4 +4,5 @@ set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 bash scripts/setup.sh
+bash scripts/install_chromium.sh   # the MLflow UI test renders the UI in headless Chromium
 exec .venv/bin/python -m pytest -q "$@"

@@ -1,0 +1,462 @@
+"""FFCV data path: .beton writers with a content-keyed cache, and loaders that serve sampling plans.
+
+The only module of the package that imports ffcv (imported lazily by trial.py for loader='ffcv').
+
+What is written (one .beton per dataset and split, fields 'image' and 'label'):
+  mnist, mnist-sample  raw uint8 pixels, NDArrayField (1, 28, 28); the loader scales by 1/256 (Caffe)
+  cifar10              GCN + ZCA float32 arrays (preprocess.cifar_whitened, ZCA fitted on the full
+                       training set), NDArrayField (3, 32, 32); the loader serves them as they are
+  imagenet             JPEG (quality 90, FFCV's RGBImageField), each image resized *before writing* so
+                       that its shorter side is 256 (torchvision Resize(256) on the PIL image, the same
+                       resize the torch backend does); aspect ratio kept. FFCV's own `max_resolution`
+                       bounds the longer side, which is not the paper's policy, so it is not used.
+
+Cache: <cache_dir>/<dataset>-<split>-<key>.beton plus a JSON sidecar (<name>.beton.json) holding the
+writer settings, the content hash, the file size and the number of samples. The key is a sha1 of the
+settings and of the content (arrays: their bytes; image folders: every file's path, size, mtime and
+label). cache_dir defaults to $IMBALANCE_CACHE, else ~/.cache/imbalance_core/ffcv. A cached file is
+used only when its sidecar matches (same key and settings, same size on disk, same sample count in the
+beton header); anything else (truncated file, missing or foreign sidecar, other settings) is rewritten.
+Writes go to a temporary name in the same folder and are renamed into place (os.replace), under an
+flock on a per-file lock, so concurrent processes never see or produce a partial file.
+
+Sampling: a train loader serves K plans at once through ONE ffcv.Loader with batch K*B. Its traversal
+order is a custom TraversalOrder that hands FFCV the next "chunk" of the run: for every plan, the
+next chunk*B indices of `plan.stream()` (epochs `plan.epoch(0), plan.epoch(1), ...` concatenated,
+repeats allowed), interleaved so that FFCV batch t is [plan 0's B | plan 1's B | ...]. The batches are
+therefore exactly those of loaders.TensorLoader (same indices, same order). One Loader is compiled
+once and iterated once per chunk; rebuilding a Loader per epoch costs ~1.5 s each here (build + numba
+re-compile), iterating a built one with a new order costs nothing measurable (see the report).
+
+Pipelines (x: (K, B, ...) float32 on `device`, y: (K, B) int64 on `device`):
+  MNIST     NDArrayDecoder -> ToTensor [-> ToDevice] ; x * 1/256 on the device
+  CIFAR-10  NDArrayDecoder -> ToTensor [-> ToDevice]
+  ImageNet  train: RandomCropRGBImageDecoder(224) (a uniformly random 224x224 window of the decoded
+            image, no rescale) -> RandomHorizontalFlip -> ToTensor [-> ToDevice];
+            test:  CenterCropRGBImageDecoder((224, 224), ratio=224/256) (the centre 224 crop)
+            then, on the device: NHWC uint8 -> NCHW float, (x/255 - IMAGENET_MEAN) / IMAGENET_STD.
+  [ToDevice(device, non_blocking=True)] only when device is CUDA: the uint8 batch is copied once,
+  whole, to the GPU; the float conversion runs there.
+Crops and flips draw from numba's per-thread generators: augmentation is not seeded.
+
+Side effects of ffcv handled here: importing ffcv sets torch's thread count to 1 (restored), and every
+Loader iteration sets torch's and numba's thread count to its num_workers (default: torch's thread
+count at import, so that is a no-op).
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import uuid
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from . import datasets as D
+from .preprocess import IMAGENET_MEAN, IMAGENET_STD, cifar_whitened, scale_256
+from .sampling import SamplingPlan
+
+_TORCH_THREADS = torch.get_num_threads()
+import ffcv  # noqa: E402
+from ffcv.fields import IntField, NDArrayField, RGBImageField  # noqa: E402
+from ffcv.fields.decoders import CenterCropRGBImageDecoder, IntDecoder, NDArrayDecoder  # noqa: E402
+from ffcv.fields.rgb_image import ResizedCropRGBImageDecoder  # noqa: E402
+from ffcv.loader import Loader, OrderOption  # noqa: E402
+from ffcv.transforms import RandomHorizontalFlip, ToDevice, ToTensor  # noqa: E402
+from ffcv.traversal_order.base import TraversalOrder  # noqa: E402
+from ffcv.types import CURRENT_VERSION, HeaderType  # noqa: E402
+from ffcv.writer import DatasetWriter  # noqa: E402
+import ffcv.writer as _ffcv_writer  # noqa: E402
+
+torch.set_num_threads(_TORCH_THREADS)  # `import ffcv` set it to 1
+
+FORMAT_VERSION = 1                    # bump when what is written changes
+IMAGENET_SHORT_SIDE, IMAGENET_CROP, JPEG_QUALITY = 256, 224, 90
+SPLITS = ("train", "test")
+CHUNK_SAMPLES = 1 << 20               # indices handed to FFCV per traversal (all K plans together)
+
+
+# --------------------------------------------------------------------------- cache and writers
+
+def default_cache_dir() -> Path:
+    env = os.environ.get("IMBALANCE_CACHE")
+    return Path(env) if env else Path.home() / ".cache" / "imbalance_core" / "ffcv"
+
+
+def default_workers() -> int:
+    return max(1, min(_TORCH_THREADS, os.cpu_count() or 1))
+
+
+def _split_labels(ds, split: str) -> np.ndarray:
+    return np.asarray(ds.train_y if split == "train" else ds.test_y, dtype=np.int64)
+
+
+def writer_settings(ds, split: str) -> dict:
+    """Everything that decides the bytes of a .beton besides the data itself."""
+    if split not in SPLITS:
+        raise ValueError(f"split={split!r} is unknown; choose one of {', '.join(SPLITS)}")
+    common = {"format": FORMAT_VERSION, "ffcv": ffcv.__version__, "ffcv_file_version": int(CURRENT_VERSION),
+              "dataset": ds.name, "split": split, "fields": ["image", "label"]}
+    if isinstance(ds, D.FileDataset):
+        return {**common, "image": "jpeg", "jpeg_quality": JPEG_QUALITY, "short_side": IMAGENET_SHORT_SIDE,
+                "resize": "torchvision.resize(PIL, bilinear, antialias)", "mode": "RGB"}
+    if not isinstance(ds, D.ArrayDataset):
+        raise TypeError(f"expected a datasets.ArrayDataset or FileDataset, got {type(ds).__name__}")
+    if ds.name == "cifar10":
+        return {**common, "image": "float32 NDArray", "preprocess": "gcn(55) + zca(bias 0.1) fitted on train"}
+    if ds.name in ("mnist", "mnist-sample"):
+        return {**common, "image": "uint8 NDArray", "preprocess": "none (x/256 in the loader)"}
+    raise ValueError(f"no FFCV writer for dataset {ds.name!r}")
+
+
+def content_hash(ds, split: str) -> str:
+    """sha1 of what a split's beton is made from (arrays: bytes; files: path, size, mtime, label)."""
+    h = hashlib.sha1()
+    if isinstance(ds, D.FileDataset):
+        files = ds.train_files if split == "train" else ds.test_files
+        for f, y in zip(files, _split_labels(ds, split)):
+            try:
+                st = os.stat(f)
+            except OSError as e:
+                raise D.DatasetError(f"ImageNet: cannot read {f}: {e.strerror or e}") from e
+            h.update(f"{f}\0{st.st_size}\0{st.st_mtime_ns}\0{int(y)}\n".encode())
+        return h.hexdigest()
+    # CIFAR-10's test arrays depend on the training set (ZCA is fitted on it): hash every array.
+    for a in (ds.train_x, ds.train_y, ds.test_x, ds.test_y):
+        a = np.ascontiguousarray(a)
+        h.update(f"{a.dtype.str}{a.shape}".encode())
+        h.update(memoryview(a).cast("B"))
+    return h.hexdigest()
+
+
+def _sidecar(path: Path) -> Path:
+    return path.with_name(path.name + ".json")
+
+
+def _header(path: Path):
+    if path.stat().st_size < HeaderType.itemsize:
+        return None
+    return np.fromfile(path, dtype=HeaderType, count=1)[0]
+
+
+def check_beton(path: Path, key: str, settings: dict, num_samples: int) -> str | None:
+    """None when `path` is a complete beton written with `settings` for `key`; else what is wrong."""
+    path = Path(path)
+    if not path.is_file():
+        return "missing"
+    try:
+        meta = json.loads(_sidecar(path).read_text())
+    except (OSError, ValueError):
+        return "no valid sidecar"
+    if not isinstance(meta, dict) or meta.get("key") != key:
+        return "sidecar is for another key"
+    if meta.get("settings") != settings:
+        return f"written with other settings ({meta.get('settings')})"
+    size = path.stat().st_size
+    if meta.get("size") != size:
+        return f"size {size} on disk, {meta.get('size')} written (truncated or overwritten)"
+    if meta.get("num_samples") != num_samples:
+        return f"{meta.get('num_samples')} samples written, {num_samples} expected"
+    head = _header(path)
+    if head is None or int(head["version"]) != CURRENT_VERSION or int(head["num_samples"]) != num_samples \
+            or not 0 < int(head["alloc_table_ptr"]) < size:
+        return "beton header does not match"
+    return None
+
+
+@contextlib.contextmanager
+def _locked(lock_path: Path):
+    with open(lock_path, "a+") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+class _ArraySource:
+    """Indexable (image, label) view of arrays for DatasetWriter."""
+
+    def __init__(self, x: np.ndarray, y: np.ndarray):
+        self.x, self.y = x, y
+
+    def __len__(self):
+        return len(self.y)
+
+    def __getitem__(self, i):
+        return np.ascontiguousarray(self.x[i]), int(self.y[i])
+
+
+class _JpegSource:
+    """Indexable (HWC uint8 image with shorter side `short`, label) over image files.
+
+    Runs in DatasetWriter's worker processes, where an exception would hang the writer: a file that
+    cannot be decoded is recorded in `errors_path` and written as a black image; the caller raises.
+    """
+
+    def __init__(self, files, labels, short: int, errors_path: str):
+        self.files, self.labels, self.short, self.errors_path = list(files), np.asarray(labels), short, errors_path
+
+    def __len__(self):
+        return len(self.files)
+
+    def __getitem__(self, i):
+        from PIL import Image
+        from torchvision.transforms import functional as TF
+        try:
+            with Image.open(self.files[i]) as im:
+                img = TF.resize(im.convert("RGB"), self.short)
+            return np.asarray(img, dtype=np.uint8), int(self.labels[i])
+        except Exception as e:  # noqa: BLE001 -- reported by the parent as DatasetError
+            with open(self.errors_path, "a") as f:
+                f.write(json.dumps([self.files[i], f"{type(e).__name__}: {e}"]) + "\n")
+            return np.zeros((self.short, self.short, 3), np.uint8), int(self.labels[i])
+
+
+@contextlib.contextmanager
+def _quiet_writer():
+    """DatasetWriter draws a tqdm progress bar on stderr; silence it."""
+    orig = _ffcv_writer.tqdm
+    _ffcv_writer.tqdm = lambda *a, **k: orig(*a, **{**k, "disable": True})
+    try:
+        yield
+    finally:
+        _ffcv_writer.tqdm = orig
+
+
+def _write(ds, split: str, dest: Path, num_workers: int) -> None:
+    y = _split_labels(ds, split)
+    if isinstance(ds, D.FileDataset):
+        files = ds.train_files if split == "train" else ds.test_files
+        if not files:
+            raise D.DatasetError(f"ImageNet: the {split} split has no image files")
+        errors = dest.with_name(dest.name + ".errors")
+        errors.unlink(missing_ok=True)
+        source = _JpegSource(files, y, IMAGENET_SHORT_SIDE, str(errors))
+        fields = {"image": RGBImageField(write_mode="jpg", jpeg_quality=JPEG_QUALITY), "label": IntField()}
+        chunk = 16
+    else:
+        if ds.name == "cifar10":
+            tr, te = cifar_whitened(ds.train_x, ds.test_x)
+            x = tr if split == "train" else te
+            fields = {"image": NDArrayField(np.dtype("<f4"), tuple(x.shape[1:])), "label": IntField()}
+        else:
+            x = ds.train_x if split == "train" else ds.test_x
+            fields = {"image": NDArrayField(np.dtype("u1"), tuple(x.shape[1:])), "label": IntField()}
+        if len(x) == 0:
+            raise D.DatasetError(f"{ds.name}: the {split} split is empty")
+        source, errors, chunk = _ArraySource(x, y), None, 1000
+    writer = DatasetWriter(str(dest), fields, num_workers=max(1, min(num_workers, len(y))))
+    try:
+        with _quiet_writer():
+            writer.from_indexed_dataset(source, chunksize=chunk)
+        if errors is not None and errors.exists():
+            bad = [json.loads(line) for line in errors.read_text().splitlines() if line.strip()]
+            if bad:
+                listed = "; ".join(f"{f} ({msg})" for f, msg in bad[:5])
+                more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
+                raise D.DatasetError(f"ImageNet: expected image files PIL can decode; cannot decode {listed}{more}")
+    finally:
+        if errors is not None:
+            errors.unlink(missing_ok=True)
+
+
+def beton_path(ds, split: str, cache_dir=None) -> tuple[Path, str, dict]:
+    """(path, key, settings) of the cached beton of `ds`'s `split` (nothing is written)."""
+    settings = writer_settings(ds, split)
+    key = hashlib.sha1((json.dumps(settings, sort_keys=True) + content_hash(ds, split)).encode()).hexdigest()
+    root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    return root / f"{ds.name}-{split}-{key[:20]}.beton", key, settings
+
+
+def write_beton(ds, split: str, cache_dir=None, num_workers: int | None = None) -> Path:
+    """The .beton of `ds`'s `split` ('train' or 'test'), written unless a valid cached copy exists."""
+    path, key, settings = beton_path(ds, split, cache_dir)
+    n = len(_split_labels(ds, split))
+    if check_beton(path, key, settings, n) is None:
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with _locked(path.with_name(f".{path.name}.lock")):
+        if check_beton(path, key, settings, n) is None:   # another process wrote it meanwhile
+            return path
+        tag = f"{os.getpid()}.{uuid.uuid4().hex[:8]}"
+        tmp = path.with_name(f".{path.name}.{tag}.tmp")
+        tmp_side = path.with_name(f".{path.name}.json.{tag}.tmp")
+        try:
+            _write(ds, split, tmp, num_workers or default_workers())
+            size = tmp.stat().st_size
+            head = _header(tmp)
+            if head is None or int(head["num_samples"]) != n:
+                raise RuntimeError(f"FFCV wrote {tmp} with a bad header (expected {n} samples)")
+            tmp_side.write_text(json.dumps({"key": key, "settings": settings, "size": size, "num_samples": n,
+                                            "content_sha1": content_hash(ds, split)}, indent=1))
+            os.replace(tmp, path)
+            os.replace(tmp_side, _sidecar(path))
+        finally:
+            tmp.unlink(missing_ok=True)
+            tmp_side.unlink(missing_ok=True)
+    problem = check_beton(path, key, settings, n)
+    if problem is not None:
+        raise RuntimeError(f"{path}: just written but fails its check: {problem}")
+    return path
+
+
+# --------------------------------------------------------------------------- loaders
+
+def _random_crop(height, width, size, _unused):
+    """numba crop generator: a uniformly random size x size window (the whole side if smaller)."""
+    c = min(size, height, width)
+    i = np.random.randint(0, height - c + 1)
+    j = np.random.randint(0, width - c + 1)
+    return i, j, c, c
+
+
+class RandomCropRGBImageDecoder(ResizedCropRGBImageDecoder):
+    """Decode a JPEG and cut a uniformly random `size` x `size` window (no rescaling; the paper's crop)."""
+
+    def __init__(self, size: int = IMAGENET_CROP):
+        super().__init__((size, size))
+        self.scale, self.ratio = int(size), 0.0
+
+    @property
+    def get_crop_generator(self):
+        return _random_crop
+
+
+class _SetOrder(TraversalOrder):
+    """A TraversalOrder that serves whatever index array the owner set last (`next_order`).
+
+    FFCV 1.0.2 instantiates a custom order by calling it with the loader (`order(loader)`), so an
+    instance is passed and __call__ finishes the initialisation.
+    """
+
+    def __init__(self, first: np.ndarray):
+        self.next_order = first
+
+    def __call__(self, loader):
+        TraversalOrder.__init__(self, loader)
+        return self
+
+    def sample_order(self, epoch: int):
+        return self.next_order
+
+
+def _device(device) -> torch.device:
+    return torch.device(device if device is not None else "cpu")
+
+
+def _image_pipeline(ds, train: bool, device: torch.device) -> list:
+    if isinstance(ds, D.FileDataset):
+        if train:
+            ops = [RandomCropRGBImageDecoder(IMAGENET_CROP), RandomHorizontalFlip()]
+        else:
+            ops = [CenterCropRGBImageDecoder((IMAGENET_CROP, IMAGENET_CROP), ratio=IMAGENET_CROP / IMAGENET_SHORT_SIDE)]
+    else:
+        ops = [NDArrayDecoder()]
+    ops.append(ToTensor())
+    if device.type == "cuda":
+        ops.append(ToDevice(device, non_blocking=True))
+    return ops
+
+
+def _label_pipeline(device: torch.device) -> list:
+    ops = [IntDecoder(), ToTensor()]
+    if device.type == "cuda":
+        ops.append(ToDevice(device, non_blocking=True))
+    return ops
+
+
+def _finisher(ds, device: torch.device):
+    """Batch (N, ...) from FFCV -> model input on `device` (always a new tensor, never FFCV's buffer)."""
+    if isinstance(ds, D.FileDataset):
+        mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1) * 255.0
+        inv_std = 1.0 / (torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1) * 255.0)
+
+        def finish(x):   # NHWC uint8 -> NCHW float, (x/255 - mean) / std
+            out = torch.empty((x.shape[0], 3, x.shape[1], x.shape[2]), dtype=torch.float32, device=device)
+            out.copy_(x.permute(0, 3, 1, 2))
+            return out.sub_(mean).mul_(inv_std)
+        return finish
+    if ds.name == "cifar10":
+        return lambda x: x.to(device).clone()
+    return lambda x: scale_256(x.to(device))
+
+
+class FFCVTrainLoader:
+    """K sampling plans through one ffcv.Loader: yields `iterations` batches (x (K,B,...), y (K,B))."""
+
+    def __init__(self, path: Path, ds, plans: list[SamplingPlan], batch_size: int, iterations: int, device,
+                 num_workers: int | None = None, chunk_samples: int = CHUNK_SAMPLES, batches_ahead: int = 3):
+        if not plans:
+            raise ValueError("train_loader needs at least one sampling plan")
+        if int(batch_size) < 1 or int(iterations) < 1:
+            raise ValueError(f"batch_size={batch_size!r} and iterations={iterations!r} must be integers >= 1")
+        self.path, self.plans, self.B, self.iterations = Path(path), list(plans), int(batch_size), int(iterations)
+        self.K, self.device = len(self.plans), _device(device)
+        self.chunk = max(1, min(self.iterations, int(chunk_samples) // (self.K * self.B)))
+        self.finish = _finisher(ds, self.device)
+        self.num_workers = num_workers or default_workers()
+        self._order = _SetOrder(np.zeros(self.chunk * self.K * self.B, dtype=np.int64))
+        self.loader = Loader(str(self.path), batch_size=self.K * self.B, num_workers=self.num_workers,
+                             order=self._order, seed=0, drop_last=True, batches_ahead=batches_ahead,
+                             pipelines={"image": _image_pipeline(ds, True, self.device),
+                                        "label": _label_pipeline(self.device)})
+        n = int(self.loader.reader.num_samples)
+        for p in self.plans:
+            if len(p.labels) != n:
+                raise ValueError(f"a plan indexes {len(p.labels)} training examples but {self.path} holds {n}")
+
+    def __len__(self) -> int:
+        return self.iterations
+
+    def chunks(self) -> Iterator[np.ndarray]:
+        """The index arrays handed to FFCV, one per traversal: batch t is [plan 0's B | plan 1's B | ...]."""
+        streams = [p.stream() for p in self.plans]
+        done = 0
+        while done < self.iterations:
+            c = min(self.chunk, self.iterations - done)
+            idx = np.stack([s.take(c * self.B) for s in streams]).reshape(self.K, c, self.B)
+            yield idx.transpose(1, 0, 2).reshape(-1)
+            done += c
+
+    def __iter__(self):
+        K, B = self.K, self.B
+        for order in self.chunks():
+            self._order.next_order = order
+            it = iter(self.loader)
+            try:
+                for x, y in it:
+                    x = self.finish(x)
+                    yield x.view(K, B, *x.shape[1:]), y.to(self.device).view(K, B).clone()
+            finally:
+                it.close()
+
+
+def train_loader(ds, plans: list[SamplingPlan], batch_size: int, iterations: int, device, *,
+                 cache_dir=None, num_workers: int | None = None, chunk_samples: int = CHUNK_SAMPLES,
+                 batches_ahead: int | None = None) -> FFCVTrainLoader:
+    """FFCV training loader for trial.py: writes (or reuses) the training beton, then serves the plans."""
+    path = write_beton(ds, "train", cache_dir, num_workers)
+    if batches_ahead is None:
+        batches_ahead = 2 if isinstance(ds, D.FileDataset) else 3   # ImageNet slots are large (K*B images)
+    return FFCVTrainLoader(path, ds, plans, batch_size, iterations, device, num_workers=num_workers,
+                           chunk_samples=chunk_samples, batches_ahead=batches_ahead)
+
+
+def test_batches(ds, device, batch_size: int = 250, *, cache_dir=None,
+                 num_workers: int | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """The test split in order through FFCV (ImageNet: centre 224 crop), as (x, y) on `device`."""
+    device = _device(device)
+    path = write_beton(ds, "test", cache_dir, num_workers)
+    loader = Loader(str(path), batch_size=int(batch_size), num_workers=num_workers or default_workers(),
+                    order=OrderOption.SEQUENTIAL, seed=0, drop_last=False,
+                    pipelines={"image": _image_pipeline(ds, False, device), "label": _label_pipeline(device)})
+    finish = _finisher(ds, device)
+    for x, y in loader:
+        yield finish(x), y.to(device).view(-1).clone()
+

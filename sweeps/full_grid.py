@@ -1,0 +1,487 @@
+#!/usr/bin/env python
+"""Run a grid of the study as a Ray Tune sweep; every trained network becomes one MLflow run.
+
+    python sweeps/full_grid.py [--preset quick] [--datasets ..] [--methods ..] [--rho ..] [--mu ..]
+        [--imbalance ..] [--repetitions N] [--iterations N] [--data-dir DIR] [--name NAME]
+        [--tracking-uri URI] [--storage-path DIR] [--address ADDR] [--cpus-per-trial 1]
+        [--gpus-per-trial 0] [--pack-size N] [--max-failures 2] [--max-concurrent N] [--resume] [--dry-run]
+
+One Tune trial trains a pack of networks (`--pack-size`, default the preset's) with
+`imbalance_core.trial.run_trials` and reports their results once; the driver logs them to MLflow
+(`sweeps.tracking`, layout in docs/SWEEP_CONTRACT.md), exactly once per network. Tune keeps the
+sweep in `<storage-path>/<name>` (default `./runs/ray/<preset>`); `--resume` continues it, re-running
+only trials that did not finish, and then makes sure every finished network is in MLflow.
+
+Ray: local by default (`ray.init(address="local", num_cpus=os.cpu_count(), num_gpus=<CUDA devices>)`);
+`--address auto` (or $RAY_ADDRESS) joins a running cluster, e.g. one started by `ray up cluster.yaml`.
+A cluster started with `ray start` on a machine that has ~/.ray/auth_token turns token auth on: set
+RAY_AUTH_MODE=disabled (or token) the same way for `ray start` and for this script. If Ray is already
+initialised in this process (tests), that instance is used and left running.
+
+Exit status: 0 all trials finished and logged; 1 some trial failed for good (or could not be logged);
+2 bad input (nothing started); 130 interrupted (resume with --resume).
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+if __name__ == "__main__":
+    # Run as a script: import this file as `sweeps.full_grid`, so that the callbacks Tune pickles
+    # (and restores on --resume) always live in the same importable module.
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from sweeps.full_grid import main as _main
+    sys.exit(_main())
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import queue
+import re
+import statistics
+import threading
+import time
+from dataclasses import dataclass
+
+import ray
+from ray import tune
+
+from imbalance_core.datasets import DatasetError, load_dataset
+from imbalance_core.trial import TrialConfig
+
+from . import grids
+from .grids import Overrides, cell_of, describe, pack, training_images
+from .tracking import REPO_ROOT, TrackingError, check_tracking_uri, default_tracking_uri, dumps
+
+META_FILE = "sweep.json"          # our own record next to Tune's state: tracking URI, totals, data
+# Assumed training throughput (images/s) for the dry-run estimate: LeNet-5 measured on one CPU core
+# here (~3,000 img/s); the rest are rough figures for one CPU core / one GPU, not measurements.
+ASSUMED_IMAGES_PER_SECOND = {
+    "lenet5": {"cpu": 3_000, "gpu": 60_000},
+    "allcnnc": {"cpu": 60, "gpu": 3_000},
+    "resnet10": {"cpu": 15, "gpu": 1_500},
+}
+
+
+class UsageError(ValueError):
+    """Bad input: reported as one line, exit status 2, before Ray starts."""
+
+
+# --------------------------------------------------------------------------- the trainable (runs on workers)
+
+def train_pack(config: dict) -> None:
+    """One Tune trial: train a pack of networks, report all their results in one `tune.report`."""
+    import torch
+
+    from imbalance_core.trial import run_trials
+    cpus = tune.get_context().get_trial_resources().required_resources.get("CPU", 1)
+    torch.set_num_threads(max(1, int(cpus)))
+    results = run_trials([TrialConfig.from_dict(d) for d in config["pack"]])
+    tune.report({
+        "networks": dumps(results),
+        "n_networks": len(results),
+        **{f"{k}_mean": statistics.fmean(r[k] for r in results) for k in ("auc", "accuracy", "accuracy_thresholded")},
+    })
+
+
+# --------------------------------------------------------------------------- driver callbacks
+
+class MlflowLogger(tune.Callback):
+    """Logs each network of a reported trial result to MLflow from the driver, exactly once.
+
+    Logging (a few SQL writes and two PNGs per network) runs on one background thread, so that it
+    never holds up Tune's event loop; `on_experiment_end` waits for it to drain. What a killed
+    driver did not log is logged by the reconciliation at the end of the next run (`--resume`).
+    """
+
+    def __init__(self, tracking_uri: str, sweep: str):
+        self.tracking_uri, self.sweep = tracking_uri, sweep
+        self._queue: queue.Queue | None = None
+        self._thread: threading.Thread | None = None
+
+    def __getstate__(self):                       # Tune pickles callbacks with the sweep (tuner.pkl)
+        return {"tracking_uri": self.tracking_uri, "sweep": self.sweep}
+
+    def __setstate__(self, state):
+        self.__init__(state["tracking_uri"], state["sweep"])
+
+    def setup(self, **info):
+        from .tracking import Tracker
+        tracker = Tracker(self.tracking_uri, self.sweep)
+        self._queue = queue.Queue()
+        self._thread = threading.Thread(target=self._work, args=(tracker,), name="mlflow-logger", daemon=True)
+        self._thread.start()
+
+    def _work(self, tracker) -> None:
+        while (item := self._queue.get()) is not None:
+            trial_id, packed, networks = item
+            try:
+                for d, r in zip(packed, json.loads(networks)):
+                    tracker.log_network(TrialConfig.from_dict(d), r, trial_id)
+            except Exception as e:  # noqa: BLE001 - never stop the sweep for a logging failure
+                print(f"[sweep {self.sweep}] warning: could not log trial {trial_id} to MLflow "
+                      f"({type(e).__name__}: {e}); retried at the end", flush=True)
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        if "networks" in result:
+            self._queue.put((trial.trial_id, trial.config["pack"], result["networks"]))
+
+    def on_experiment_end(self, trials, **info):
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread.join()
+
+
+def _duration(s: float) -> str:
+    s = int(round(s))
+    if s >= 3600:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    return f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"
+
+
+class Progress(tune.Callback):
+    """Prints `[sweep NAME] 12/30 networks done (4/15 trials), 2 running, 0 failed, elapsed 1m20s, ~2m10s left`
+    whenever a trial ends, and every `every_s` seconds otherwise."""
+
+    def __init__(self, sweep: str, n_trials: int, n_networks: int, every_s: float = 30.0):
+        self.sweep, self.n_trials, self.n_networks, self.every_s = sweep, n_trials, n_networks, every_s
+        self.setup()
+
+    def setup(self, **info):
+        self.t0 = self.last = time.monotonic()
+        self.ended: dict[str, str] = {}           # trial_id -> "done" | "failed", this session
+        self.base_networks: int | None = None     # networks already done when this session started
+
+    def _line(self, trials) -> str:
+        status = {t.trial_id: self.ended.get(t.trial_id) or
+                  {"TERMINATED": "done", "ERROR": "failed", "RUNNING": "running"}.get(t.status) for t in trials}
+        size = {t.trial_id: len(t.config["pack"]) for t in trials}
+        done = [i for i, s in status.items() if s == "done"]
+        nets = sum(size[i] for i in done)
+        if self.base_networks is None:
+            self.base_networks = nets
+        elapsed = time.monotonic() - self.t0
+        rate = (nets - self.base_networks) / elapsed if elapsed > 0 else 0.0
+        left = f"~{_duration((self.n_networks - nets) / rate)} left" if rate > 0 else "time left unknown yet"
+        running = sum(s == "running" for s in status.values())
+        failed = sum(s == "failed" for s in status.values())
+        return (f"[sweep {self.sweep}] {nets}/{self.n_networks} networks done ({len(done)}/{self.n_trials} trials), "
+                f"{running} running, {failed} failed, elapsed {_duration(elapsed)}, {left}")
+
+    def _print(self, trials):
+        self.last = time.monotonic()
+        print(self._line(trials), flush=True)
+
+    def on_step_begin(self, iteration, trials, **info):
+        if self.base_networks is None:
+            self._line(trials)                    # fixes the networks already done (a resumed sweep)
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self.ended[trial.trial_id] = "done"
+        self._print(trials)
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self.ended[trial.trial_id] = "failed"
+        self._print(trials)
+
+    def on_step_end(self, iteration, trials, **info):
+        if time.monotonic() - self.last >= self.every_s:
+            self._print(trials)
+
+
+# --------------------------------------------------------------------------- arguments and plan
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python sweeps/full_grid.py", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog="presets:\n" + "\n".join(f"  {g.name:9s} {g.description}"
+                                                                for g in grids.PRESETS.values()))
+    g = p.add_argument_group("grid (overrides of the preset)")
+    g.add_argument("--preset", default="quick", help=f"one of {', '.join(grids.PRESETS)} (default quick)")
+    g.add_argument("--datasets", nargs="+", help="run the preset's cells on these datasets instead")
+    g.add_argument("--methods", nargs="+", help="keep only these of the preset's methods")
+    g.add_argument("--imbalance", nargs="+", help="keep only these of the preset's imbalance types")
+    g.add_argument("--rho", nargs="+", type=float, help="replace the rho values of every block")
+    g.add_argument("--mu", nargs="+", type=float, help="replace the mu values of every step block")
+    g.add_argument("--levels", nargs="+", type=float, help="replace the partial-sampling levels")
+    g.add_argument("--lr", nargs="+", type=float, help="base learning rates (default: the paper's)")
+    g.add_argument("--repetitions", type=int, help="runs per cell and method (seeds 0..N-1)")
+    g.add_argument("--iterations", type=int, help="training iterations per phase (default: the preset's)")
+    g.add_argument("--data-dir", help="folder holding the dataset (mnist, cifar10, imagenet)")
+    g.add_argument("--device", help="auto | cpu | cuda (default auto)")
+    g.add_argument("--loader", help="auto | tensor | torch | ffcv (default auto)")
+    s = p.add_argument_group("sweep")
+    s.add_argument("--name", help="sweep name = MLflow experiment = Tune experiment folder (default: the preset)")
+    s.add_argument("--tracking-uri", help="MLflow tracking URI (default $MLFLOW_TRACKING_URI, else "
+                                          "sqlite:///<cwd>/mlflow.db with artifacts in <cwd>/mlartifacts)")
+    s.add_argument("--storage-path", help="Tune storage folder (default <cwd>/runs/ray)")
+    s.add_argument("--address", help="Ray cluster to join ('auto': the running one); default: a local Ray")
+    s.add_argument("--cpus-per-trial", type=float, default=1.0)
+    s.add_argument("--gpus-per-trial", type=float, default=0.0)
+    s.add_argument("--pack-size", type=int, help="networks trained together per trial (default: the preset's)")
+    s.add_argument("--max-failures", type=int, default=2, help="retries of a failed trial (default 2)")
+    s.add_argument("--max-concurrent", type=int, help="at most this many trials at once (default: as resources allow)")
+    s.add_argument("--resume", action="store_true", help="continue the sweep <storage-path>/<name>")
+    s.add_argument("--dry-run", action="store_true", help="print the sweep's size and estimated compute, then exit")
+    return p
+
+
+@dataclass
+class Plan:
+    sweep: str
+    sweep_dir: Path
+    tracking_uri: str
+    packs: list[list[TrialConfig]]   # empty on --resume (Tune holds them)
+    n_trials: int
+    n_networks: int
+    data: list[tuple[str, str | None]]
+
+
+def _tuple(v):
+    return None if v is None else tuple(v)
+
+
+def _check_resources(a) -> None:
+    for name in ("cpus_per_trial", "gpus_per_trial"):
+        v = getattr(a, name)
+        if not (math.isfinite(v) and v >= 0):
+            raise UsageError(f"--{name.replace('_', '-')} {v:g} is not allowed: need a number >= 0")
+    if a.cpus_per_trial == 0 and a.gpus_per_trial == 0:
+        raise UsageError("--cpus-per-trial 0 with --gpus-per-trial 0: a trial needs some resource")
+    if a.max_failures < 0:
+        raise UsageError(f"--max-failures {a.max_failures} is not allowed: need an integer >= 0")
+    if a.max_concurrent is not None and a.max_concurrent < 1:
+        raise UsageError(f"--max-concurrent {a.max_concurrent} is not allowed: need an integer >= 1")
+    if a.pack_size is not None and a.pack_size < 1:
+        raise UsageError(f"--pack-size {a.pack_size} is not allowed: need an integer >= 1")
+    if not (a.address or os.environ.get("RAY_ADDRESS")) and not ray.is_initialized():
+        import torch
+        cpus, gpus = os.cpu_count() or 1, torch.cuda.device_count()
+        if a.cpus_per_trial > cpus:
+            raise UsageError(f"--cpus-per-trial {a.cpus_per_trial:g} exceeds this machine's {cpus} CPUs")
+        if a.gpus_per_trial > gpus:
+            raise UsageError(f"--gpus-per-trial {a.gpus_per_trial:g} exceeds this machine's {gpus} CUDA devices")
+
+
+def _check_data(data) -> None:
+    for dataset, data_dir in data:
+        try:
+            load_dataset(dataset, data_dir)
+        except DatasetError as e:
+            raise UsageError(f"--data-dir {data_dir}: {e}") from None
+
+
+def plan_sweep(a) -> Plan:
+    """Every check that needs neither Ray nor a tracking server; raises UsageError naming the bad value."""
+    _check_resources(a)
+    if a.preset not in grids.PRESETS:
+        raise UsageError(f"preset {a.preset!r} is unknown; choose one of {', '.join(grids.PRESETS)}")
+    sweep = a.name or a.preset
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", sweep):
+        raise UsageError(f"--name {sweep!r} is not allowed: use letters, digits, '.', '_' and '-'")
+    storage = Path(a.storage_path or Path.cwd() / "runs" / "ray").resolve()
+    sweep_dir = storage / sweep
+    exists = tune.Tuner.can_restore(str(sweep_dir))
+    if a.resume:
+        if not exists:
+            raise UsageError(f"--resume: no sweep to resume at {sweep_dir} (no Tune state there); "
+                             f"check --name and --storage-path")
+        meta = json.loads((sweep_dir / META_FILE).read_text()) if (sweep_dir / META_FILE).is_file() else {}
+        uri = a.tracking_uri or meta.get("tracking_uri") or default_tracking_uri()
+        if meta.get("tracking_uri") and uri != meta["tracking_uri"]:
+            raise UsageError(f"--tracking-uri {uri}: sweep {sweep!r} logs to {meta['tracking_uri']}; "
+                             f"--resume continues there")
+        data = [tuple(d) for d in meta.get("data", [])]
+        _check_data(data)
+        return Plan(sweep, sweep_dir, uri, [], meta.get("n_trials", 0), meta.get("n_networks", 0), data)
+    if exists:
+        raise UsageError(f"sweep {sweep!r} already exists at {sweep_dir}: add --resume to continue it, "
+                         f"or choose another --name")
+    grid = grids.PRESETS[a.preset]
+    o = Overrides(datasets=_tuple(a.datasets), methods=_tuple(a.methods), imbalance=_tuple(a.imbalance),
+                  rho=_tuple(a.rho), mu=_tuple(a.mu), levels=_tuple(a.levels), lrs=_tuple(a.lr),
+                  repetitions=a.repetitions, iterations=a.iterations, data_dir=a.data_dir, device=a.device,
+                  loader=a.loader)
+    try:
+        configs = grids.expand(grid, o)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    data = list(dict.fromkeys((c.dataset, c.data_dir) for c in configs))
+    _check_data(data)
+    packs = pack(configs, a.pack_size or grid.pack_size)
+    return Plan(sweep, sweep_dir, a.tracking_uri or default_tracking_uri(), packs, len(packs), len(configs), data)
+
+
+def dry_run_report(plan: Plan, a) -> str:
+    device = "gpu" if a.gpus_per_trial > 0 else "cpu"
+    per_trial = a.gpus_per_trial if device == "gpu" else a.cpus_per_trial
+    images, seconds = 0, 0.0
+    for p in plan.packs:
+        n = training_images(p)
+        images += n
+        seconds += n / (ASSUMED_IMAGES_PER_SECOND[p[0].model][device] * max(per_trial, 1e-9))
+    models = sorted({p[0].model for p in plan.packs})
+    assumed = ", ".join(f"{m} {ASSUMED_IMAGES_PER_SECOND[m][device]:,} img/s per {device.upper()}" for m in models)
+    lines = [
+        f"[dry-run] sweep {plan.sweep}: {plan.n_networks:,} networks in {plan.n_trials:,} trials (packs), "
+        f"{len({cell_of(c) for p in plan.packs for c in p}):,} cells",
+        f"  training images: {images:,} (iterations x batch per network and phase; a pack trains the shared "
+        f"first phase of two-phase networks once)",
+        f"  estimated compute: {_duration(seconds)} of trial time at {per_trial:g} {device.upper()}(s) per trial, "
+        f"assuming {assumed} (start-up, evaluation and logging not included)",
+    ]
+    if not (a.address or os.environ.get("RAY_ADDRESS")):
+        import torch
+        slots = int((torch.cuda.device_count() if device == "gpu" else os.cpu_count() or 1) // max(per_trial, 1e-9))
+        slots = max(1, min(slots, plan.n_trials, a.max_concurrent or slots))
+        lines.append(f"  on this machine: {slots} trials at once -> about {_duration(seconds / slots)} wall time")
+    lines.append(f"  Tune state: {plan.sweep_dir}; MLflow: {plan.tracking_uri}")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- the sweep
+
+def _init_ray(a) -> bool:
+    """Start or join Ray; True if this call started it (and must shut it down)."""
+    if ray.is_initialized():
+        return False
+    address = a.address or os.environ.get("RAY_ADDRESS")
+    # Workers import `sweeps.full_grid.train_pack`: put the repository on their path (Ray itself adds
+    # only the driver's script folder and working directory). On a cluster the repository must sit at
+    # the same path on every node (or be installed there).
+    job_config = ray.job_config.JobConfig(code_search_path=[str(REPO_ROOT)])
+    if address:
+        ray.init(address=address, job_config=job_config)
+    else:
+        import torch
+        ray.init(address="local", num_cpus=os.cpu_count(), num_gpus=torch.cuda.device_count(),
+                 include_dashboard=False, job_config=job_config)
+    return True
+
+
+def _results_table(rows: list[tuple[TrialConfig, dict]]) -> str:
+    groups: dict[tuple, list[dict]] = {}
+    for c, r in rows:
+        method = c.method + (f" L{c.level:g}" if c.level is not None else "")
+        groups.setdefault((cell_of(c), method, "" if c.lr is None else f"{c.lr:g}"), []).append(r)
+    with_lr = any(k[2] for k in groups)
+    w = max([len(k[0]) for k in groups] + [4])
+    head = f"{'cell':{w}s}  {'method':18s}" + ("  lr      " if with_lr else "") + \
+        "   auc   accuracy  acc(thr)     n"
+    out = [head, "-" * len(head)]
+    for (cell, method, lr), rs in groups.items():
+        mean = {k: statistics.fmean(r[k] for r in rs) for k in ("auc", "accuracy", "accuracy_thresholded")}
+        out.append(f"{cell:{w}s}  {method:18s}" + (f"  {lr:8s}" if with_lr else "") +
+                   f"  {mean['auc']:6.2f}  {mean['accuracy']:8.2f}  {mean['accuracy_thresholded']:8.2f}  {len(rs):4d}")
+    return "\n".join(out)
+
+
+def _error_message(err) -> str:
+    text = str(err).strip()
+    lines = [ln for ln in text.splitlines() if ln.strip()]
+    # Ray wraps the trial's exception in a traceback; its last line names the original error.
+    return lines[-1].strip() if lines else type(err).__name__
+
+
+def run_sweep(plan: Plan, a) -> int:
+    from .tracking import Tracker
+    tracker = Tracker(plan.tracking_uri, plan.sweep)          # creates the experiment (and the store)
+    started = _init_ray(a)
+    try:
+        trainable = tune.with_resources(train_pack, {"cpu": a.cpus_per_trial, "gpu": a.gpus_per_trial})
+        if a.resume:
+            print(f"[sweep {plan.sweep}] resuming {plan.sweep_dir}", flush=True)
+            tuner = tune.Tuner.restore(str(plan.sweep_dir), trainable=trainable, resume_errored=True)
+        else:
+            plan.sweep_dir.mkdir(parents=True, exist_ok=True)
+            (plan.sweep_dir / META_FILE).write_text(json.dumps({
+                "sweep": plan.sweep, "preset": a.preset, "argv": a.argv, "tracking_uri": plan.tracking_uri,
+                "n_trials": plan.n_trials, "n_networks": plan.n_networks, "data": plan.data,
+                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}, indent=1))
+            print(f"[sweep {plan.sweep}] {plan.n_networks} networks in {plan.n_trials} trials; "
+                  f"Tune state {plan.sweep_dir}; MLflow {plan.tracking_uri}", flush=True)
+            tuner = tune.Tuner(
+                trainable,
+                param_space={"pack": tune.grid_search([[dataclasses.asdict(c) for c in p] for p in plan.packs])},
+                tune_config=tune.TuneConfig(max_concurrent_trials=a.max_concurrent, reuse_actors=True),
+                run_config=tune.RunConfig(
+                    name=plan.sweep, storage_path=str(plan.sweep_dir.parent), verbose=0,
+                    failure_config=tune.FailureConfig(max_failures=a.max_failures),
+                    callbacks=[MlflowLogger(plan.tracking_uri, plan.sweep),
+                               Progress(plan.sweep, plan.n_trials, plan.n_networks)]))
+        try:
+            results = tuner.fit()
+        except KeyboardInterrupt:
+            print(f"[sweep {plan.sweep}] interrupted; continue with --resume --name {plan.sweep}", file=sys.stderr)
+            return 130
+    finally:
+        if started:
+            ray.shutdown()
+
+    # Reconcile: every network of every finished trial must be in MLflow (covers a driver killed
+    # between a trial's end and its logging, and logging errors during the sweep).
+    done: list[tuple[TrialConfig, dict, str]] = []
+    failed: list[tuple[list[TrialConfig], str]] = []
+    trials_by_path = None
+    for r in results:
+        packed = (r.config or {}).get("pack")
+        if packed is None:              # a trial that failed before reporting: its config is in Tune's state
+            if trials_by_path is None:
+                trials_by_path = {t.path: t for t in tune.ExperimentAnalysis(results.experiment_path).trials}
+            packed = trials_by_path[r.path].config["pack"]
+        configs = [TrialConfig.from_dict(d) for d in packed]
+        if r.error is not None or "networks" not in (r.metrics or {}):
+            failed.append((configs, _error_message(r.error) if r.error is not None else "no result reported"))
+        else:
+            done += [(c, res, r.metrics.get("trial_id", "")) for c, res in zip(configs, json.loads(r.metrics["networks"]))]
+    from .tracking import trial_key
+    have = tracker.existing_keys()
+    logged, log_errors = 0, []
+    for c, res, pack_id in done:
+        if trial_key(c, plan.sweep) in have:
+            continue
+        try:
+            logged += tracker.log_network(c, res, pack_id)
+        except Exception as e:  # noqa: BLE001
+            log_errors.append(f"{describe(c)}: {type(e).__name__}: {e}")
+    if logged:
+        print(f"[sweep {plan.sweep}] logged {logged} finished networks that were missing from MLflow")
+
+    print()
+    if done:
+        print(_results_table([(c, r) for c, r, _ in done]))
+        print()
+    print(f"[sweep {plan.sweep}] {len(done)} networks finished, {sum(len(f[0]) for f in failed)} failed "
+          f"({len(failed)} trials)")
+    for configs, msg in failed:
+        print(f"  FAILED trial: {msg}")
+        for c in configs:
+            print(f"    {describe(c)}  {json.dumps(dataclasses.asdict(c))}")
+    for msg in log_errors:
+        print(f"  NOT LOGGED to MLflow: {msg}")
+    if failed:
+        print(f"  re-run the failed trials with: --resume --name {plan.sweep}")
+    print(tracker.ui_hint())
+    return 1 if failed or log_errors else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    a = _parser().parse_args(argv)
+    a.argv = argv
+    try:
+        plan = plan_sweep(a)
+        if a.dry_run:
+            if a.resume:
+                print(f"[dry-run] sweep {plan.sweep} at {plan.sweep_dir}: {plan.n_networks:,} networks in "
+                      f"{plan.n_trials:,} trials; MLflow {plan.tracking_uri}")
+            else:
+                print(dry_run_report(plan, a))
+            return 0
+        check_tracking_uri(plan.tracking_uri)
+        return run_sweep(plan, a)
+    except (UsageError, TrackingError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2

@@ -1,0 +1,266 @@
+"""Tests for imbalance_core.ffcv_data: beton cache, plan sampling through FFCV, pipelines, bad input."""
+import json
+import math
+import multiprocessing
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("ffcv")
+
+from imbalance_core import datasets as D  # noqa: E402
+from imbalance_core import ffcv_data as F  # noqa: E402
+from imbalance_core.imbalance import make_subset  # noqa: E402
+from imbalance_core.loaders import TensorLoader  # noqa: E402
+from imbalance_core.preprocess import ImageFiles, array_data, imagenet_transforms  # noqa: E402
+from imbalance_core.sampling import SamplingPlan  # noqa: E402
+
+
+# --------------------------------------------------------------------------- fixtures
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("ffcv-cache")
+
+
+@pytest.fixture(scope="module")
+def mnist(shared_data):
+    return D.load_dataset("mnist", shared_data)
+
+
+@pytest.fixture(scope="module")
+def mnist_train(mnist):
+    return array_data(mnist)[0]
+
+
+def tiny_array(mnist, n=300, offset=0) -> D.ArrayDataset:
+    """A small MNIST-named dataset (fast to write) for the cache tests."""
+    s = slice(offset, offset + n)
+    return D.ArrayDataset("mnist", mnist.train_x[s], mnist.train_y[s], mnist.test_x[:50], mnist.test_y[:50],
+                          10, mnist.class_names)
+
+
+def tiny_imagenet(shared_data, per_class_train=2, per_class_val=1) -> D.FileDataset:
+    """A few real Imagenette files per class, through the real reader."""
+    full = D.read_imagenet(shared_data / "imagenette")
+
+    def pick(files, y, k):
+        keep = np.concatenate([np.flatnonzero(y == c)[:k] for c in range(full.num_classes)])
+        return tuple(files[i] for i in keep), y[keep]
+    trf, try_ = pick(full.train_files, full.train_y, per_class_train)
+    tef, tey = pick(full.test_files, full.test_y, per_class_val)
+    return D.FileDataset("imagenet", trf, try_, tef, tey, full.num_classes, full.class_names)
+
+
+def sampler_plans(labels, subset, seed=0):
+    rho = max(subset.counts) / min(subset.counts)
+    return [
+        SamplingPlan(subset, labels, "baseline", seed=seed),
+        SamplingPlan(subset, labels, "ros", seed=seed),
+        SamplingPlan(subset, labels, "rus", seed=seed),
+        SamplingPlan(subset, labels, "partial-ros", level=min(10.0, rho), seed=seed),
+        SamplingPlan(subset, labels, "partial-rus", level=min(100.0, rho), seed=seed),
+        SamplingPlan(subset, labels, "weighted", class_weights=tuple(1.0 / c for c in subset.counts), seed=seed),
+    ]
+
+
+# --------------------------------------------------------------------------- sampling through FFCV
+
+def test_batches_equal_tensor_loader(mnist, mnist_train, cache):
+    """Same plans -> the very same batches as the tensor backend, across epoch and chunk boundaries."""
+    sub = make_subset(mnist.train_y, "mnist", "step", 5000, 10, 0.5, seed=3)
+    plans = [SamplingPlan(sub, mnist.train_y, s, seed=3, stream_id=1) for s in ("ros", "rus")]
+    plans.append(SamplingPlan(sub, mnist.train_y, "weighted", class_weights=(1.0,) * 10, seed=4))
+    B, iters = 64, 180                                    # rus epoch = 5000 < 180 * 64
+    loader = F.train_loader(mnist, plans, B, iters, "cpu", cache_dir=cache, chunk_samples=3 * B * 50)
+    assert len(loader) == iters and loader.chunk == 50
+    n = 0
+    for (x, y), (x2, y2) in zip(loader, TensorLoader(mnist_train, plans, B, iters), strict=True):
+        assert x.shape == (3, B, 1, 28, 28) and x.dtype == torch.float32
+        assert y.shape == (3, B) and y.dtype == torch.int64
+        assert torch.equal(x, x2) and torch.equal(y, y2)
+        n += 1
+    assert n == iters
+
+
+@pytest.mark.parametrize("rho", [10, 5000])
+def test_class_frequencies_match_plan(mnist, cache, rho):
+    """Over one epoch each plan delivers plan.counts per class (weighted: within 5 sigma)."""
+    labels = mnist.train_y
+    sub = make_subset(labels, "mnist", "step", 5000, rho, 0.5, seed=1)
+    plans = sampler_plans(labels, sub, seed=1)
+    B = 500
+    iters = max(math.ceil(p.epoch_size / B) for p in plans)
+    ys = [[] for _ in plans]
+    minority = [c for c in range(10) if sub.counts[c] == min(sub.counts)]
+    ros_minority_images = []
+    for x, y in F.train_loader(mnist, plans, B, iters, "cpu", cache_dir=cache):
+        for k in range(len(plans)):
+            ys[k].append(y[k].numpy())
+        if rho == 5000:   # plan 1 is ROS: every minority image is the one example of its class, replicated
+            m = np.isin(y[1].numpy(), minority)
+            ros_minority_images.append((x[1][m], y[1][m]))
+    for plan, got in zip(plans, ys):
+        got = np.concatenate(got)[:plan.epoch_size]
+        counts = np.bincount(got, minlength=10)
+        if plan.sampler == "weighted":
+            w = np.asarray(plan.class_weights) * np.asarray(sub.counts)
+            p = w / w.sum()
+            expect = plan.epoch_size * p
+            sigma = np.sqrt(plan.epoch_size * p * (1 - p))
+            assert np.all(np.abs(counts - expect) <= 5 * sigma + 1), (counts, expect)
+        else:
+            assert counts.tolist() == plan.counts, (plan.sampler, counts.tolist(), plan.counts)
+    if rho == 5000:
+        assert min(sub.counts) == 1 and plans[1].counts == [5000] * 10
+        for c in minority:
+            (only,) = sub.indices[labels[sub.indices] == c]
+            want = torch.from_numpy(mnist.train_x[only]).float() / 256
+            imgs = torch.cat([xm[ym == c] for xm, ym in ros_minority_images])
+            assert len(imgs) >= 5000 and torch.equal(imgs[:5000], want.expand(5000, 1, 28, 28))
+
+
+def test_plans_must_index_the_written_training_set(mnist, cache):
+    small = tiny_array(mnist)
+    sub = make_subset(mnist.train_y, "mnist", "balanced", 10, 1, 0.5, seed=0)
+    with pytest.raises(ValueError, match="holds 300"):
+        F.train_loader(small, [SamplingPlan(sub, mnist.train_y)], 4, 2, "cpu", cache_dir=cache)
+
+
+# --------------------------------------------------------------------------- pipelines
+
+def test_cifar_shapes_and_values(shared_data, cache):
+    ds = D.load_dataset("cifar10", shared_data / "cifar10")
+    tr = array_data(ds)[0]
+    sub = make_subset(ds.train_y, "cifar10", "step", 500, 10, 0.5, seed=0)
+    plans = [SamplingPlan(sub, ds.train_y, "ros", seed=s) for s in (0, 1)]
+    for (x, y), (x2, y2) in zip(F.train_loader(ds, plans, 8, 3, "cpu", cache_dir=cache),
+                                TensorLoader(tr, plans, 8, 3), strict=True):
+        assert x.shape == (2, 8, 3, 32, 32) and x.dtype == torch.float32
+        assert torch.equal(x, x2) and torch.equal(y, y2)
+
+
+def test_imagenet_shapes_and_values(shared_data, tmp_path):
+    ds = tiny_imagenet(shared_data)
+    sub = make_subset(ds.train_y, "imagenet", "step", 2, 2, 0.5, seed=0)
+    plans = [SamplingPlan(sub, ds.train_y, s, seed=0) for s in ("ros", "baseline")]
+    batches = list(F.train_loader(ds, plans, 4, 3, "cpu", cache_dir=tmp_path, num_workers=1))
+    assert len(batches) == 3
+    for x, y in batches:
+        assert x.shape == (2, 4, 3, 224, 224) and x.dtype == torch.float32 and y.shape == (2, 4)
+        assert torch.isfinite(x).all() and -3 < x.mean() < 3
+    # test split: centre 224 crop of the shorter-side-256 image, as the torch backend does (up to JPEG q90)
+    test = list(F.test_batches(ds, "cpu", batch_size=4, cache_dir=tmp_path, num_workers=1))
+    xt, yt = torch.cat([b[0] for b in test]), torch.cat([b[1] for b in test])
+    assert xt.shape == (len(ds.test_files), 3, 224, 224) and yt.tolist() == ds.test_y.tolist()
+    ref = ImageFiles(ds.test_files, ds.test_y, imagenet_transforms(train=False))
+    for i in (0, len(ref) - 1):
+        assert (xt[i] - ref[i][0]).abs().mean() < 0.1
+
+
+# --------------------------------------------------------------------------- cache
+
+def _files(d: Path):
+    return sorted(p.name for p in d.iterdir() if not p.name.endswith(".lock"))
+
+
+def test_cache_reuse_and_rewrite(mnist, tmp_path, monkeypatch):
+    ds = tiny_array(mnist)
+    p = F.write_beton(ds, "train", tmp_path)
+    side = p.with_name(p.name + ".json")
+    meta = json.loads(side.read_text())
+    assert meta["num_samples"] == 300 and meta["size"] == p.stat().st_size
+    assert _files(tmp_path) == sorted([p.name, side.name])           # no temporary files left
+    inode = p.stat().st_ino
+    assert F.write_beton(ds, "train", tmp_path) == p and p.stat().st_ino == inode   # reused
+
+    def assert_rewritten():
+        assert F.check_beton(p, meta["key"], meta["settings"], 300) is not None
+        assert F.write_beton(ds, "train", tmp_path) == p
+        assert p.stat().st_size == meta["size"] and F.check_beton(p, meta["key"], meta["settings"], 300) is None
+        xs = [x for x, _ in F.test_batches(ds, "cpu", 100, cache_dir=tmp_path)]  # test split reads fine
+        assert sum(len(x) for x in xs) == 50
+
+    with open(p, "r+b") as f:                                         # truncated
+        f.truncate(meta["size"] // 2)
+    assert_rewritten()
+    other = dict(meta, settings=dict(meta["settings"], format=-1))     # written with other settings
+    side.write_text(json.dumps(other))
+    assert_rewritten()
+    side.unlink()                                                      # truncated, no sidecar
+    with open(p, "r+b") as f:
+        f.truncate(100)
+    assert_rewritten()
+    side.write_text("{not json")                                       # garbage sidecar, garbage beton
+    p.write_bytes(b"\0" * 4096)
+    assert_rewritten()
+    # different content or split -> different file; IMBALANCE_CACHE is the default folder
+    assert F.write_beton(tiny_array(mnist, offset=1), "train", tmp_path) != p
+    monkeypatch.setenv("IMBALANCE_CACHE", str(tmp_path / "env"))
+    assert F.write_beton(ds, "test", None).parent == tmp_path / "env"
+
+
+def _write_in_child(args):
+    ds, cache_dir = args
+    return str(F.write_beton(ds, "train", cache_dir, num_workers=1))
+
+
+def test_concurrent_writers(mnist, tmp_path):
+    ds = tiny_array(mnist, n=2000)
+    with multiprocessing.get_context("fork").Pool(3) as pool:
+        paths = pool.map(_write_in_child, [(ds, tmp_path)] * 3)
+    assert len(set(paths)) == 1
+    p = Path(paths[0])
+    path, key, settings = F.beton_path(ds, "train", tmp_path)
+    assert p == path and F.check_beton(p, key, settings, 2000) is None
+    assert _files(tmp_path) == sorted([p.name, p.name + ".json"])
+
+
+# --------------------------------------------------------------------------- bad input
+
+def _imagenet_copy(shared_data, root: Path) -> Path:
+    """Two classes, two train and one val image each, copied to root."""
+    src = shared_data / "imagenette"
+    wnids = sorted(p.name for p in (src / "train").iterdir())[:2]
+    for split, k in (("train", 2), ("val", 1)):
+        for w in wnids:
+            (root / split / w).mkdir(parents=True)
+            for f in sorted((src / split / w).iterdir())[:k]:
+                shutil.copyfile(f, root / split / w / f.name)
+    return root
+
+
+def test_bad_imagenet_folders(shared_data, tmp_path):
+    root = _imagenet_copy(shared_data, tmp_path / "inet")
+    cache = tmp_path / "cache"
+    wnid = sorted(os.listdir(root / "train"))[0]
+    # a corrupt JPEG only the decoder finds: the writer names it, leaves no beton and no temp file
+    bad = root / "train" / wnid / "broken.JPEG"
+    bad.write_bytes(b"not a jpeg at all" * 10)
+    ds = D.load_dataset("imagenet", root)
+    with pytest.raises(D.DatasetError, match="broken.JPEG"):
+        F.write_beton(ds, "train", cache, num_workers=1)
+    assert not [n for n in _files(cache) if not n.startswith(".") or n.endswith(".tmp")]
+    assert not any(n.endswith(".tmp") for n in os.listdir(cache))
+    # a non-image file and an empty class folder are named by the reader, before anything is written
+    bad.unlink()
+    (root / "train" / wnid / "notes.txt").write_text("hello")
+    with pytest.raises(D.DatasetError, match="notes.txt"):
+        D.load_dataset("imagenet", root)
+    (root / "train" / wnid / "notes.txt").unlink()
+    empty = root / "val" / wnid
+    shutil.rmtree(empty)
+    empty.mkdir()
+    with pytest.raises(D.DatasetError, match=str(empty)):
+        D.load_dataset("imagenet", root)
+    # a FileDataset that lists a non-image file (not from the reader): the writer names it too
+    txt = tmp_path / "x.txt"
+    txt.write_text("hello")
+    fake = D.FileDataset("imagenet", (str(txt),), np.zeros(1, np.int64), (str(txt),), np.zeros(1, np.int64),
+                         1, ("n0",))
+    with pytest.raises(D.DatasetError, match="x.txt"):
+        F.write_beton(fake, "test", cache, num_workers=1)

@@ -1,0 +1,165 @@
+"""The MLflow UI really shows a sweep's runs: `mlflow ui` on a tmp sqlite store, read by headless Chromium.
+
+Needs Debian's chromium (`bash scripts/install_chromium.sh`); see /work/shared/notes/mlflow-ui.md.
+The server runs with one worker and without its job runner (MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false):
+the default four workers plus job consumers take over a minute to come up on a loaded 2-core machine.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import time
+import urllib.request
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+
+CHROMIUM = Path("/usr/bin/chromium")
+MLFLOW = Path(sys.executable).parent / "mlflow"
+HEALTH_TIMEOUT_S = 90
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                  "--virtual-time-budget=15000", "--window-size=1400,900"]
+# (method, rho, auc): distinct AUCs so that the UI's sort by auc has one right order
+RUNS = [("baseline", 10.0, 97.1), ("ros", 10.0, 98.4), ("rus", 10.0, 95.2),
+        ("baseline", 100.0, 94.3), ("ros", 100.0, 96.6), ("rus", 100.0, 91.8)]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _run_name(method: str, rho: float) -> str:
+    return f"mnist-step-rho{rho:g}-mu0.5-{method}-s0"
+
+
+def _log_runs(uri: str) -> str:
+    """A small sweep laid out as docs/SWEEP_CONTRACT.md says, logged through the server."""
+    from mlflow.entities import Metric, Param, RunTag
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    exp_id = client.create_experiment("ui-sweep", tags={"mlflow.experimentKind": "custom_model_development"})
+    for method, rho, auc in RUNS:
+        cfg = {"dataset": "mnist", "data_dir": "None", "imbalance": "step", "rho": rho, "mu": 0.5,
+               "method": method, "level": None, "seed": 0, "iterations": 200, "lr": None,
+               "batch_size": None, "n_per_class": None, "device": "cpu", "loader": "tensor"}
+        tags = {"sweep": "ui-sweep", "method": method, "pack_id": "p0", "trial_key": f"k-{method}-{rho:g}",
+                "cell": f"mnist/step/rho{rho:g}/mu0.5"}
+        run = client.create_run(exp_id, run_name=_run_name(method, rho), tags=tags)
+        params = {k: str(v) for k, v in cfg.items()} | {"model": "lenet5", "code_version": "test",
+                                                         "base_lr": "0.01", "batch_size": "64"}
+        metrics = {"auc": auc, "accuracy": auc - 3.0, "accuracy_thresholded": auc - 2.0, "train_seconds": 1.0}
+        client.log_batch(run.info.run_id, metrics=[Metric(k, v, 0, 0) for k, v in metrics.items()],
+                         params=[Param(k, v) for k, v in params.items()],
+                         tags=[RunTag(k, v) for k, v in tags.items()])
+        client.set_terminated(run.info.run_id, "FINISHED")
+    return exp_id
+
+
+class _Text(HTMLParser):
+    """The text nodes of a page, outside <script> and <style>."""
+
+    def __init__(self):
+        super().__init__()
+        self.texts: list[str] = []
+        self._skip = 0
+
+    def handle_starttag(self, tag, attrs):
+        self._skip += tag in ("script", "style")
+
+    def handle_endtag(self, tag):
+        self._skip -= tag in ("script", "style")
+
+    def handle_data(self, data):
+        if not self._skip and data.strip():
+            self.texts.append(data.strip())
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    """Stop the server and its workers: SIGTERM to its process group, SIGKILL after 15 s."""
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    try:
+        proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        pass
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)     # any worker still there
+    except ProcessLookupError:
+        pass
+    proc.wait(timeout=5)
+
+
+def test_mlflow_ui_shows_sweep_runs(tmp_path):
+    if not CHROMIUM.exists():
+        pytest.fail(f"{CHROMIUM} is missing: run `bash scripts/install_chromium.sh` (as root) to install it")
+    assert MLFLOW.exists(), f"mlflow CLI not found next to {sys.executable}"
+    port = _free_port()
+    base = f"http://127.0.0.1:{port}"
+    log = open(tmp_path / "server.log", "wb")
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    t0 = time.monotonic()
+    server = subprocess.Popen(
+        [str(MLFLOW), "ui", "--backend-store-uri", f"sqlite:///{tmp_path / 'mlflow.db'}",
+         "--default-artifact-root", str(tmp_path / "artifacts"),
+         "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+        cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        while True:
+            try:
+                with urllib.request.urlopen(f"{base}/health", timeout=2) as r:
+                    if r.status == 200 and r.read().strip() == b"OK":
+                        break
+            except OSError:
+                pass
+            assert server.poll() is None, "mlflow ui exited:\n" + (tmp_path / "server.log").read_text()[-3000:]
+            if time.monotonic() - t0 > HEALTH_TIMEOUT_S:
+                pytest.fail(f"mlflow ui did not answer /health in {HEALTH_TIMEOUT_S} s:\n"
+                            + (tmp_path / "server.log").read_text()[-3000:])
+            time.sleep(0.5)
+        t_health = time.monotonic() - t0
+        exp_id = _log_runs(base)
+
+        shot = tmp_path / "runs.png"
+        url = f"{base}/#/experiments/{exp_id}/runs?orderByKey=metrics.%60auc%60&orderByAsc=false"
+        t1 = time.monotonic()
+        res = subprocess.run(
+            [str(CHROMIUM), *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'chromium'}",
+             f"--screenshot={shot}", "--dump-dom", url],
+            capture_output=True, timeout=90, cwd=tmp_path)
+        t_browser = time.monotonic() - t1
+    finally:
+        _stop(server)
+        log.close()
+    assert res.returncode == 0, res.stderr.decode(errors="replace")[-3000:]
+    parser = _Text()
+    parser.feed(res.stdout.decode(errors="replace"))
+    texts = parser.texts
+    print(f"health after {t_health:.1f} s, chromium {t_browser:.1f} s, {len(texts)} text nodes; screenshot {shot}")
+
+    assert "Training runs" in texts, "the experiment did not open as a model-training experiment"
+    names = [_run_name(m, rho) for m, rho, _ in RUNS]
+    missing = [n for n in names if n not in texts]
+    assert not missing, f"runs missing from the UI: {missing}; page text starts {texts[:60]}"
+    assert "Sort: auc" in texts, "the UI does not know the metric 'auc'"
+    # the table is sorted by auc, descending: the UI read the metric values
+    by_auc = [_run_name(m, rho) for m, rho, _ in sorted(RUNS, key=lambda r: -r[2])]
+    assert sorted(names, key=texts.index) == by_auc
+    assert f"{len(RUNS)} matching runs" in " ".join(texts)
+
+    data = shot.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    assert struct.unpack(">II", data[16:24]) == (1400, 900)
+    assert len(data) > 20_000, f"screenshot is only {len(data)} bytes (blank page?)"
+    if os.environ.get("MLFLOW_UI_SHOT"):        # keep the screenshot to look at
+        Path(os.environ["MLFLOW_UI_SHOT"]).write_bytes(data)

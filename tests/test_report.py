@@ -1,0 +1,239 @@
+"""sweeps/report.py against a fake sweep logged straight into an MLflow sqlite store (docs/SWEEP_CONTRACT.md)."""
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import math
+import statistics
+import struct
+import sys
+from pathlib import Path
+
+import pytest
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.tracking import MlflowClient
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+from sweeps import report  # noqa: E402
+
+SWEEP = "fake-grid"
+SEEDS = (0, 1, 2)
+STEP_RHOS = (10.0, 100.0, 1000.0)
+STEP_MUS = (0.1, 0.5)
+LINEAR_RHOS = (10.0, 100.0)
+METHODS = ("baseline", "ros", "rus")
+PARTIAL_LEVELS = (10.0, 100.0)
+
+
+# ------------------------------------------------------------------------------- the fake sweep
+
+def fake_metrics(cfg: dict) -> dict:
+    """Known, seed-dependent metric values (x100) for a network config."""
+    m = {"baseline": 0.0, "ros": 1.0, "rus": -2.0, "two-phase-ros": 0.7, "two-phase-rus": -1.2,
+         "partial-ros": 0.5, "partial-rus": -1.0}[cfg["method"]]
+    lvl = 0.0 if cfg["level"] is None else 0.1 * math.log10(cfg["level"])
+    spread = 0.37 * (1.0 + 0.2 * math.log10(cfg["rho"]) + cfg["mu"])     # std differs between cells
+    auc = 99.0 - 1.5 * math.log10(cfg["rho"]) - 2.0 * cfg["mu"] + m + lvl + spread * cfg["seed"] ** 2
+    acc = auc - 3.0 - 0.25 * cfg["seed"]
+    return {"auc": auc, "accuracy": acc, "accuracy_thresholded": acc + 1.0 + 0.1 * cfg["seed"]}
+
+
+def contract_config(dataset="mnist", imbalance="step", rho=10.0, mu=0.5, method="baseline", level=None,
+                    seed=0, lr=None) -> dict:
+    return {"dataset": dataset, "data_dir": "/data", "imbalance": imbalance, "rho": rho, "mu": mu,
+            "method": method, "level": level, "seed": seed, "iterations": 200, "lr": lr,
+            "batch_size": None, "n_per_class": None, "device": "cpu", "loader": "tensor"}
+
+
+def run_name(c: dict) -> str:
+    name = f"{c['dataset']}-{c['imbalance']}-rho{c['rho']:g}-mu{c['mu']:g}-{c['method']}"
+    if c["level"] is not None:
+        name += f"-L{c['level']:g}"
+    if c["lr"] is not None:
+        name += f"-lr{c['lr']:g}"
+    return name + f"-s{c['seed']}"
+
+
+def log_contract_run(client: MlflowClient, exp_id: str, sweep: str, cfg: dict, metrics: dict,
+                     status: str = "FINISHED") -> str:
+    """One run laid out as docs/SWEEP_CONTRACT.md says (params, tags, metrics)."""
+    params = {k: str(v) for k, v in cfg.items()}
+    params.update(model="lenet5", code_version="abc1234", base_lr="0.01", batch_size="64")
+    key = hashlib.sha1(json.dumps({**cfg, "sweep": sweep}, sort_keys=True).encode()).hexdigest()
+    tags = {"sweep": sweep, "method": cfg["method"], "pack_id": "p0", "trial_key": key,
+            "cell": f"{cfg['dataset']}/{cfg['imbalance']}/rho{cfg['rho']:g}/mu{cfg['mu']:g}"}
+    run = client.create_run(exp_id, run_name=run_name(cfg), tags=tags)
+    all_metrics = {**metrics, "train_seconds": 1.0, "images_per_second": 1000.0, "final_loss": 0.1,
+                   "train_examples": 1000, "epoch_examples": 1000,
+                   **{f"recall_{c}": metrics["accuracy"] for c in range(10)},
+                   **{f"recall_thresholded_{c}": metrics["accuracy_thresholded"] for c in range(10)}}
+    client.log_batch(run.info.run_id,
+                     metrics=[Metric(k, float(v), 0, 0) for k, v in all_metrics.items()],
+                     params=[Param(k, v) for k, v in params.items()],
+                     tags=[RunTag(k, v) for k, v in tags.items()])
+    client.set_terminated(run.info.run_id, status=status)
+    return run.info.run_id
+
+
+def grid_configs() -> list[dict]:
+    cfgs = []
+    for s in SEEDS:
+        for method in METHODS:
+            for mu in STEP_MUS:
+                for rho in STEP_RHOS:
+                    cfgs.append(contract_config(imbalance="step", rho=rho, mu=mu, method=method, seed=s))
+            for rho in LINEAR_RHOS:
+                cfgs.append(contract_config(imbalance="linear", rho=rho, mu=0.5, method=method, seed=s))
+        for method in ("partial-ros", "partial-rus"):
+            for lv in PARTIAL_LEVELS:
+                cfgs.append(contract_config(imbalance="step", rho=1000.0, mu=0.5, method=method, level=lv, seed=s))
+    return cfgs
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory) -> dict:
+    d = tmp_path_factory.mktemp("mlflow")
+    uri = f"sqlite:///{d / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri)
+    exp_id = client.create_experiment(SWEEP, tags={"mlflow.experimentKind": "custom_model_development"})
+    cfgs = grid_configs()
+    for c in cfgs:
+        log_contract_run(client, exp_id, SWEEP, c, fake_metrics(c))
+    # runs the report must ignore: a FAILED and a RUNNING network, and another sweep's run
+    bad = contract_config(rho=10.0, mu=0.1, method="baseline", seed=7)
+    log_contract_run(client, exp_id, SWEEP, bad, {"auc": 1.0, "accuracy": 1.0, "accuracy_thresholded": 1.0},
+                     status="FAILED")
+    log_contract_run(client, exp_id, SWEEP, {**bad, "seed": 8},
+                     {"auc": 2.0, "accuracy": 2.0, "accuracy_thresholded": 2.0}, status="RUNNING")
+    # a second sweep with a single cell: every figure must be skipped
+    tiny = client.create_experiment("tiny", tags={"mlflow.experimentKind": "custom_model_development"})
+    tiny_cfgs = [contract_config(rho=10.0, mu=0.5, method=m, seed=s) for m in ("baseline", "ros") for s in (0, 1)]
+    for c in tiny_cfgs:
+        log_contract_run(client, tiny, "tiny", c, fake_metrics(c))
+    return {"uri": uri, "configs": cfgs, "tiny_configs": tiny_cfgs}
+
+
+# ----------------------------------------------------------------------------------------- tests
+
+def expected_groups(cfgs: list[dict]) -> dict[tuple, dict]:
+    """Mean / sample std per group, computed here independently of the report."""
+    groups: dict[tuple, list[dict]] = {}
+    for c in cfgs:
+        groups.setdefault((c["imbalance"], c["rho"], c["mu"], c["method"], c["level"]), []).append(fake_metrics(c))
+    out = {}
+    for k, ms in groups.items():
+        e = {"n": len(ms)}
+        for m in ("auc", "accuracy", "accuracy_thresholded"):
+            vals = [x[m] for x in ms]
+            e[f"{m}_mean"] = sum(vals) / len(vals)
+            e[f"{m}_std"] = statistics.stdev(vals)
+        out[k] = e
+    return out
+
+
+def read_csv(path: Path) -> list[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def assert_png(path: Path, min_bytes: int = 5000, min_side: int = 200) -> None:
+    data = Path(path).read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n", f"{path} is not a PNG"
+    assert len(data) >= min_bytes, f"{path} is only {len(data)} bytes"
+    w, h = struct.unpack(">II", data[16:24])
+    assert w >= min_side and h >= min_side, f"{path} is {w}x{h}"
+
+
+def test_results_csv_matches_independent_stats(store, tmp_path):
+    res = report.build_report(store["uri"], SWEEP, tmp_path / "out")
+    cfgs = store["configs"]
+    assert res["n_runs"] == len(cfgs)                       # FAILED / RUNNING runs are left out
+    rows = read_csv(res["results_csv"])
+    exp = expected_groups(cfgs)
+    assert res["n_groups"] == len(rows) == len(exp)
+    seen = set()
+    for r in rows:
+        assert r["dataset"] == "mnist" and r["lr"] == ""
+        level = float(r["level"]) if r["level"] else None
+        key = (r["imbalance"], float(r["rho"]), float(r["mu"]), r["method"], level)
+        assert key in exp, key
+        seen.add(key)
+        e = exp[key]
+        assert int(r["n"]) == e["n"] == len(SEEDS)
+        for col in ("auc_mean", "auc_std", "accuracy_mean", "accuracy_std",
+                    "accuracy_thresholded_mean", "accuracy_thresholded_std"):
+            assert float(r[col]) == pytest.approx(e[col], rel=1e-9, abs=1e-9), (key, col)
+    assert seen == set(exp)
+    # spot check one group by hand: step, rho 10, mu 0.1, baseline
+    aucs = [99.0 - 1.5 - 0.2 + 0.37 * 1.3 * s ** 2 for s in SEEDS]
+    row = next(r for r in rows if (r["imbalance"], r["rho"], r["mu"], r["method"]) == ("step", "10.0", "0.1", "baseline"))
+    assert float(row["auc_mean"]) == pytest.approx(statistics.mean(aucs))
+    assert float(row["auc_std"]) == pytest.approx(statistics.stdev(aucs))
+    assert float(row["auc_min"]) == pytest.approx(min(aucs)) and float(row["auc_max"]) == pytest.approx(max(aucs))
+
+
+def test_figures_markdown_and_nothing_skipped(store, tmp_path):
+    res = report.build_report(store["uri"], SWEEP, tmp_path / "out")
+    names = sorted(p.name for p in res["figures"])
+    assert names == sorted(["auc_vs_rho_mnist.png", "heatmap_auc_mnist.png",
+                            "accuracy_vs_rho_mnist.png", "partial_sampling_mnist.png"])
+    assert res["skipped"] == {}
+    for p in res["figures"]:
+        assert Path(p).parent == tmp_path / "out"
+        assert_png(p)
+    md = Path(res["results_md"]).read_text()
+    assert "| dataset | imbalance | rho | mu | method | level | lr | n | AUC | accuracy | acc +thr |" in md
+    # the baseline / step / rho 10 / mu 0.1 row, formatted mean ± std
+    e = expected_groups(store["configs"])[("step", 10.0, 0.1, "baseline", None)]
+    assert f"| mnist | step | 10 | 0.1 | baseline | — | default | 3 | {e['auc_mean']:.2f} ± {e['auc_std']:.2f} |" in md
+    assert "partial-ros | 10 |" in md
+    for n in names:
+        assert f"({n})" in md
+
+
+def test_skipped_figures_are_reported(store, tmp_path):
+    out = tmp_path / "tiny"
+    res = report.build_report(store["uri"], "tiny", out)
+    assert res["n_runs"] == len(store["tiny_configs"])
+    assert res["figures"] == []
+    assert set(res["skipped"]) == {"auc_vs_rho_mnist.png", "heatmap_auc_mnist.png",
+                                   "accuracy_vs_rho_mnist.png", "partial_sampling_mnist.png"}
+    assert "2 mu" in res["skipped"]["heatmap_auc_mnist.png"]
+    assert not list(out.glob("*.png"))
+    md = (out / "results.md").read_text()
+    assert "## Skipped figures" in md and "heatmap_auc_mnist.png" in md
+    rows = read_csv(out / "results.csv")
+    assert len(rows) == 2 and {r["n"] for r in rows} == {"2"}
+
+
+def test_cli_writes_report_and_default_out(store, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert report.main(["--tracking-uri", store["uri"], "--name", "tiny"]) == 0
+    assert (tmp_path / "reports" / "tiny" / "results.csv").is_file()
+    assert "skipped" in capsys.readouterr().out
+
+
+def test_unknown_sweep_name(store, tmp_path, capsys):
+    with pytest.raises(report.SweepNotFound) as ei:
+        report.build_report(store["uri"], "no-such-sweep", tmp_path / "x")
+    msg = str(ei.value)
+    assert "no-such-sweep" in msg and SWEEP in msg and "tiny" in msg
+    rc = report.main(["--tracking-uri", store["uri"], "--name", "no-such-sweep", "--out", str(tmp_path / "y")])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "no-such-sweep" in err and SWEEP in err and "tiny" in err
+    assert not (tmp_path / "y").exists()
+
+
+def test_learning_rates_are_rows_and_figures_take_the_best():
+    """CIFAR-10 style: one row per base lr; the plotted point is the lr with the best mean AUC."""
+    runs = [{"dataset": "cifar10", "imbalance": "step", "rho": 10.0, "mu": 0.5, "method": "baseline",
+             "level": None, "lr": lr, "seed": s, "auc": auc + s, "accuracy": 80.0, "accuracy_thresholded": 81.0}
+            for lr, auc in ((0.05, 90.0), (0.005, 95.0), (0.0005, 93.0)) for s in (0, 1)]
+    rows = report.aggregate(runs)
+    assert [(r["lr"], r["n"], r["auc_mean"]) for r in rows] == [(0.0005, 2, 93.5), (0.005, 2, 95.5), (0.05, 2, 90.5)]
+    best = report._best_lr(rows)
+    assert len(best) == 1 and best[0]["lr"] == 0.005

