@@ -39,9 +39,10 @@ Pipelines (x: (K, B, ...) float32 on `device`, y: (K, B) int64 on `device`):
   whole, to the GPU; the float conversion runs there.
 Crops and flips draw from numba's per-thread generators: augmentation is not seeded.
 
-Side effects of ffcv handled here: importing ffcv sets torch's thread count to 1 (restored), and every
-Loader iteration sets torch's and numba's thread count to its num_workers (default: torch's thread
-count at import, so that is a no-op).
+Side effects of ffcv handled here: importing ffcv sets torch's intra-op thread count to 1, and every
+Loader iteration (and its worker thread) sets it to the loader's num_workers (ffcv's
+Compiler.set_num_threads). Importing this module restores torch's count and replaces that classmethod
+with one that sets numba's thread count only, so the trainer's torch threads are never changed by FFCV.
 """
 from __future__ import annotations
 
@@ -73,7 +74,18 @@ from ffcv.types import CURRENT_VERSION, HeaderType  # noqa: E402
 from ffcv.writer import DatasetWriter  # noqa: E402
 import ffcv.writer as _ffcv_writer  # noqa: E402
 
-torch.set_num_threads(_TORCH_THREADS)  # `import ffcv` set it to 1
+import numba  # noqa: E402
+from ffcv.pipeline.compiler import Compiler  # noqa: E402
+
+
+def _set_ffcv_threads(cls, n):
+    """FFCV's Compiler.set_num_threads without its torch.set_num_threads(n) (see the module docstring)."""
+    cls.num_threads = n if n >= 1 else (os.cpu_count() or 1)
+    numba.set_num_threads(min(cls.num_threads, numba.config.NUMBA_NUM_THREADS))
+
+
+Compiler.set_num_threads = classmethod(_set_ffcv_threads)
+torch.set_num_threads(_TORCH_THREADS)  # `import ffcv` had set it to 1
 
 FORMAT_VERSION = 1                    # bump when what is written changes
 IMAGENET_SHORT_SIDE, IMAGENET_CROP, JPEG_QUALITY = 256, 224, 90
@@ -114,8 +126,24 @@ def writer_settings(ds, split: str) -> dict:
     raise ValueError(f"no FFCV writer for dataset {ds.name!r}")
 
 
+_HASHES: dict[tuple[int, str], tuple[object, str]] = {}   # (id(ds), split) -> (ds, hash); ds kept so ids stay
+
+
 def content_hash(ds, split: str) -> str:
-    """sha1 of what a split's beton is made from (arrays: bytes; files: path, size, mtime, label)."""
+    """sha1 of what a split's beton is made from (arrays: bytes; files: path, size, mtime, label).
+
+    Computed once per dataset object and split in a process (ImageNet: 1.28M stat calls).
+    """
+    hit = _HASHES.get((id(ds), split))
+    if hit is not None and hit[0] is ds:
+        return hit[1]
+    if len(_HASHES) >= 16:
+        _HASHES.clear()
+    _HASHES[(id(ds), split)] = (ds, _content_hash(ds, split))
+    return _HASHES[(id(ds), split)][1]
+
+
+def _content_hash(ds, split: str) -> str:
     h = hashlib.sha1()
     if isinstance(ds, D.FileDataset):
         files = ds.train_files if split == "train" else ds.test_files
@@ -387,6 +415,56 @@ def _finisher(ds, device: torch.device):
     return lambda x: scale_256(x.to(device))
 
 
+class _Compiled:
+    """One built ffcv.Loader (its numba pipeline compiles on first use), reused while not `busy`."""
+
+    def __init__(self, path: Path, ds, train: bool, batch: int, order_len: int, device: torch.device,
+                 num_workers: int, batches_ahead: int):
+        self.busy = False
+        pipelines = {"image": _image_pipeline(ds, train, device), "label": _label_pipeline(device)}
+        if train:
+            self.order = _SetOrder(np.zeros(order_len, dtype=np.int64))   # fixes len(loader) = order_len // batch
+            self.loader = Loader(str(path), batch_size=batch, num_workers=num_workers, order=self.order, seed=0,
+                                 drop_last=True, batches_ahead=batches_ahead, pipelines=pipelines)
+        else:
+            self.order = None
+            self.loader = Loader(str(path), batch_size=batch, num_workers=num_workers, seed=0,
+                                 order=OrderOption.SEQUENTIAL, drop_last=False, batches_ahead=batches_ahead,
+                                 pipelines=pipelines)
+
+
+# Built Loaders by (file identity, pipeline, batch, ...): trial.py asks for a loader per network and phase
+# (one after another on CPU), and each new Loader would re-compile its pipeline (seconds; ImageNet ~10-20 s
+# on 2 busy cores). A Loader in use is `busy`; a second simultaneous user gets a new one.
+_POOL: dict[tuple, list[_Compiled]] = {}
+_POOL_KEYS = 8
+
+
+@contextlib.contextmanager
+def _acquire(key: tuple, build):
+    entries = _POOL.pop(key, [])
+    _POOL[key] = entries                                   # most recently used last
+    while len(_POOL) > _POOL_KEYS:
+        old = next(iter(_POOL))
+        if any(e.busy for e in _POOL[old]):
+            break
+        del _POOL[old]
+    entry = next((e for e in entries if not e.busy), None)
+    if entry is None:
+        entry = build()
+        entries.append(entry)
+    entry.busy = True
+    try:
+        yield entry
+    finally:
+        entry.busy = False
+
+
+def _file_id(path: Path) -> tuple:
+    st = path.stat()
+    return str(path), st.st_ino, st.st_size, st.st_mtime_ns
+
+
 class FFCVTrainLoader:
     """K sampling plans through one ffcv.Loader: yields `iterations` batches (x (K,B,...), y (K,B))."""
 
@@ -396,17 +474,14 @@ class FFCVTrainLoader:
             raise ValueError("train_loader needs at least one sampling plan")
         if int(batch_size) < 1 or int(iterations) < 1:
             raise ValueError(f"batch_size={batch_size!r} and iterations={iterations!r} must be integers >= 1")
-        self.path, self.plans, self.B, self.iterations = Path(path), list(plans), int(batch_size), int(iterations)
-        self.K, self.device = len(self.plans), _device(device)
-        self.chunk = max(1, min(self.iterations, int(chunk_samples) // (self.K * self.B)))
+        self.path, self.ds, self.plans = Path(path), ds, list(plans)
+        self.B, self.iterations, self.K, self.device = int(batch_size), int(iterations), len(self.plans), _device(device)
+        self.max_chunk = max(1, int(chunk_samples) // (self.K * self.B))   # iterations per FFCV traversal
+        self.chunk = min(self.iterations, self.max_chunk)
         self.finish = _finisher(ds, self.device)
-        self.num_workers = num_workers or default_workers()
-        self._order = _SetOrder(np.zeros(self.chunk * self.K * self.B, dtype=np.int64))
-        self.loader = Loader(str(self.path), batch_size=self.K * self.B, num_workers=self.num_workers,
-                             order=self._order, seed=0, drop_last=True, batches_ahead=batches_ahead,
-                             pipelines={"image": _image_pipeline(ds, True, self.device),
-                                        "label": _label_pipeline(self.device)})
-        n = int(self.loader.reader.num_samples)
+        self.num_workers, self.batches_ahead = num_workers or default_workers(), int(batches_ahead)
+        head = _header(self.path)
+        n = -1 if head is None else int(head["num_samples"])
         for p in self.plans:
             if len(p.labels) != n:
                 raise ValueError(f"a plan indexes {len(p.labels)} training examples but {self.path} holds {n}")
@@ -425,16 +500,21 @@ class FFCVTrainLoader:
             done += c
 
     def __iter__(self):
-        K, B = self.K, self.B
-        for order in self.chunks():
-            self._order.next_order = order
-            it = iter(self.loader)
-            try:
-                for x, y in it:
-                    x = self.finish(x)
-                    yield x.view(K, B, *x.shape[1:]), y.to(self.device).view(K, B).clone()
-            finally:
-                it.close()
+        K, B, KB = self.K, self.B, self.K * self.B
+        key = ("train", _file_id(self.path), KB, self.max_chunk, str(self.device), self.num_workers,
+               self.batches_ahead, Compiler.is_enabled)
+        build = lambda: _Compiled(self.path, self.ds, True, KB, self.max_chunk * KB, self.device,  # noqa: E731
+                                  self.num_workers, self.batches_ahead)
+        with _acquire(key, build) as c:
+            for order in self.chunks():
+                c.order.next_order = order
+                it = iter(c.loader)
+                try:
+                    for x, y in it:
+                        x = self.finish(x)
+                        yield x.view(K, B, *x.shape[1:]), y.to(self.device).view(K, B).clone()
+                finally:
+                    it.close()
 
 
 def train_loader(ds, plans: list[SamplingPlan], batch_size: int, iterations: int, device, *,
@@ -453,10 +533,13 @@ def test_batches(ds, device, batch_size: int = 250, *, cache_dir=None,
     """The test split in order through FFCV (ImageNet: centre 224 crop), as (x, y) on `device`."""
     device = _device(device)
     path = write_beton(ds, "test", cache_dir, num_workers)
-    loader = Loader(str(path), batch_size=int(batch_size), num_workers=num_workers or default_workers(),
-                    order=OrderOption.SEQUENTIAL, seed=0, drop_last=False,
-                    pipelines={"image": _image_pipeline(ds, False, device), "label": _label_pipeline(device)})
+    workers = num_workers or default_workers()
+    key = ("test", _file_id(path), int(batch_size), str(device), workers, Compiler.is_enabled)
     finish = _finisher(ds, device)
-    for x, y in loader:
-        yield finish(x), y.to(device).view(-1).clone()
-
+    with _acquire(key, lambda: _Compiled(path, ds, False, int(batch_size), 0, device, workers, 3)) as c:
+        it = iter(c.loader)
+        try:
+            for x, y in it:
+                yield finish(x), y.to(device).view(-1).clone()
+        finally:
+            it.close()

@@ -140,27 +140,29 @@ def train(nets: StackedNets, loader, schedule: Schedule, lr_scale: float = 1.0, 
     nets.train(True)
     opt = torch.optim.SGD(nets.parameters(only_last), lr=schedule.base_lr * lr_scale,
                           momentum=schedule.momentum, weight_decay=schedule.weight_decay)
-    K, t0, t, loss_k = nets.K, time.perf_counter(), 0, None
-    for t, (x, y) in enumerate(loader):
-        if t >= schedule.iterations:
+    K, t0, done, images, loss_k = nets.K, time.perf_counter(), 0, 0, None
+    for x, y in loader:
+        if done >= schedule.iterations:
             break
         for g in opt.param_groups:
-            g["lr"] = schedule.lr(t) * lr_scale
+            g["lr"] = schedule.lr(done) * lr_scale
         logits = nets(x)                                                  # (K, B, C)
         loss_k = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none").view(K, -1).mean(1)
         opt.zero_grad(set_to_none=True)
         loss_k.sum().backward()                                           # each net's grad = its own mean loss
         opt.step()
-        if log_every and (t + 1) % log_every == 0:
-            log(f"iter {t + 1}/{schedule.iterations} loss {loss_k.detach().mean().item():.4f} lr {schedule.lr(t):.2e}")
-    done = t + 1 if loss_k is not None else 0
+        done += 1
+        images += y.numel()
+        if log_every and done % log_every == 0:
+            log(f"iter {done}/{schedule.iterations} loss {loss_k.detach().mean().item():.4f} "
+                f"lr {schedule.lr(done - 1):.2e}")
     if nets.device.type == "cuda":
         torch.cuda.synchronize(nets.device)
     seconds = time.perf_counter() - t0
     final = [float(v) for v in loss_k.detach().cpu()] if loss_k is not None else [math.nan] * K
     if any(not math.isfinite(v) for v in final):
         raise FloatingPointError(f"training diverged: final losses {final} (try a smaller learning rate)")
-    return TrainStats(done, done * schedule.batch_size * K, seconds, final)
+    return TrainStats(done, images, seconds, final)
 
 
 @torch.no_grad()

@@ -76,11 +76,13 @@ class TrialConfig:
 def resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device='cuda' was asked for but CUDA is not available here; use --device cpu or auto")
-    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
-        raise ValueError(f"device={device!r} is not allowed; choose auto, cpu or cuda")
-    return torch.device(device)
+    if device != "cpu" and device != "cuda" and not (device.startswith("cuda:") and device[5:].isdigit()):
+        raise ValueError(f"device={device!r} is not allowed; choose auto, cpu, cuda or cuda:N")
+    dev = torch.device(device)
+    if dev.type == "cuda" and (not torch.cuda.is_available() or (dev.index or 0) >= torch.cuda.device_count()):
+        raise ValueError(f"device={device!r} was asked for but that CUDA device is not available here "
+                         f"({torch.cuda.device_count()} visible); use --device cpu or auto")
+    return dev
 
 
 def resolve_loader(config: TrialConfig) -> str:
@@ -91,7 +93,7 @@ def resolve_loader(config: TrialConfig) -> str:
     return "torch" if config.dataset == "imagenet" else "tensor"
 
 
-NUM_CLASSES = {"mnist": 10, "mnist-sample": 10, "cifar10": 10}
+NUM_CLASSES = {"mnist": 10, "mnist-sample": 10, "cifar10": 10}   # ImageNet: known once its folders are read
 
 
 def validate(config: TrialConfig) -> None:
@@ -108,7 +110,7 @@ def validate(config: TrialConfig) -> None:
         raise ValueError(f"n_per_class={config.n_per_class!r} is not allowed: need an integer >= 1")
     if config.batch_size is not None and int(config.batch_size) < 1:
         raise ValueError(f"batch_size={config.batch_size!r} is not allowed: need an integer >= 1")
-    counts = class_counts(config.imbalance, config.n, NUM_CLASSES.get(config.dataset, 10), config.rho, config.mu)
+    counts = class_counts(config.imbalance, config.n, NUM_CLASSES.get(config.dataset, 1000), config.rho, config.mu)
     if config.method.startswith("partial-"):
         SamplingPlan.check_level(config.method, counts, config.level)
     config.schedule  # validates iterations and lr

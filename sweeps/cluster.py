@@ -449,6 +449,28 @@ class LocalCluster:
     def worker_nodes(self) -> list[dict]:
         return [n for n in self.alive_nodes() if not n["is_head"]]
 
+    def running(self, title_prefix: str = "ray::ImplicitFunc.train") -> dict[str, list[int]]:
+        """{node id: pids} of this cluster's worker processes whose title starts with `title_prefix`
+        (Ray titles a worker by what it runs; a Tune function trial that is training is
+        `ray::ImplicitFunc.train`). A worker is mapped to its node through its parent raylet."""
+        procs = self.processes()
+        raylets = {}
+        for pid, cmd in procs.items():
+            m = re.search(r"--raylet_socket_name=(\S+)", cmd)
+            if m and cmd.split()[0].endswith("raylet"):
+                raylets[pid] = m.group(1)
+        socket_node = {n["raylet_socket"]: n["node_id"] for n in self.nodes()}
+        out: dict[str, list[int]] = {}
+        for pid, cmd in procs.items():
+            if not cmd.startswith(title_prefix):
+                continue
+            p, hops = pid, 0
+            while p and p not in raylets and hops < 5:
+                p, hops = _ppid(p), hops + 1
+            if p in raylets and raylets[p] in socket_node:
+                out.setdefault(socket_node[raylets[p]], []).append(pid)
+        return out
+
     def raylet_pid(self, node_id: str) -> int:
         node = next((n for n in self.nodes() if n["node_id"] == node_id), None)
         if node is None:

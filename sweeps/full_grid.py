@@ -220,12 +220,39 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--address", help="Ray cluster to join ('auto': the running one); default: a local Ray")
     s.add_argument("--cpus-per-trial", type=float, default=1.0)
     s.add_argument("--gpus-per-trial", type=float, default=0.0)
-    s.add_argument("--pack-size", type=int, help="networks trained together per trial (default: the preset's)")
+    s.add_argument("--pack-size", type=_pack_size_arg, default="auto",
+                   help="networks trained together per trial, or 'auto' (default): imbalance_core.packing's "
+                        "choice for the device (CPU: 5, the methods of one cell and seed; GPU: memory-bound)")
     s.add_argument("--max-failures", type=int, default=2, help="retries of a failed trial (default 2)")
     s.add_argument("--max-concurrent", type=int, help="at most this many trials at once (default: as resources allow)")
-    s.add_argument("--resume", action="store_true", help="continue the sweep <storage-path>/<name>")
+    s.add_argument("--resume", action="store_true",
+                   help="continue the sweep <storage-path>/<name> as it was started (grid and resource options "
+                        "are ignored): re-run unfinished and failed trials, then log what MLflow lacks")
     s.add_argument("--dry-run", action="store_true", help="print the sweep's size and estimated compute, then exit")
     return p
+
+
+def _pack_size_arg(v: str) -> int | str:
+    if v == "auto":
+        return v
+    try:
+        return int(v)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{v!r} is not an integer or 'auto'") from None
+
+
+def auto_pack_size(configs: list[TrialConfig], gpus_per_trial: float) -> tuple[int, str]:
+    """`--pack-size auto`: imbalance_core.packing's size for the sweep's models on the trials' device."""
+    import torch
+
+    from imbalance_core import packing
+    if gpus_per_trial <= 0:
+        return packing.CPU_PACK, "auto: CPU pack"
+    if not torch.cuda.is_available():
+        return packing.CPU_PACK, "auto: no GPU on the driver to size GPU packs; pass --pack-size to stack more"
+    size = min(packing.auto_pack_size(c.model, c.schedule.batch_size, "cuda")
+               for c in {(c.model, c.schedule.batch_size): c for c in configs}.values())
+    return size, "auto: GPU memory of the driver's device"
 
 
 @dataclass
@@ -234,6 +261,7 @@ class Plan:
     sweep_dir: Path
     tracking_uri: str
     packs: list[list[TrialConfig]]   # empty on --resume (Tune holds them)
+    pack_size: str                   # how packs were sized, for the output
     n_trials: int
     n_networks: int
     data: list[tuple[str, str | None]]
@@ -254,15 +282,19 @@ def _check_resources(a) -> None:
         raise UsageError(f"--max-failures {a.max_failures} is not allowed: need an integer >= 0")
     if a.max_concurrent is not None and a.max_concurrent < 1:
         raise UsageError(f"--max-concurrent {a.max_concurrent} is not allowed: need an integer >= 1")
-    if a.pack_size is not None and a.pack_size < 1:
+    if a.pack_size != "auto" and a.pack_size < 1:
         raise UsageError(f"--pack-size {a.pack_size} is not allowed: need an integer >= 1")
-    if not (a.address or os.environ.get("RAY_ADDRESS")) and not ray.is_initialized():
-        import torch
-        cpus, gpus = os.cpu_count() or 1, torch.cuda.device_count()
+    if not (a.address or os.environ.get("RAY_ADDRESS")):     # local Ray: a bigger trial would wait forever
+        if ray.is_initialized():
+            have = ray.cluster_resources()
+            cpus, gpus = have.get("CPU", 0), have.get("GPU", 0)
+        else:
+            import torch
+            cpus, gpus = os.cpu_count() or 1, torch.cuda.device_count()
         if a.cpus_per_trial > cpus:
-            raise UsageError(f"--cpus-per-trial {a.cpus_per_trial:g} exceeds this machine's {cpus} CPUs")
+            raise UsageError(f"--cpus-per-trial {a.cpus_per_trial:g} exceeds the {cpus:g} CPUs of the local Ray")
         if a.gpus_per_trial > gpus:
-            raise UsageError(f"--gpus-per-trial {a.gpus_per_trial:g} exceeds this machine's {gpus} CUDA devices")
+            raise UsageError(f"--gpus-per-trial {a.gpus_per_trial:g} exceeds the {gpus:g} GPUs of the local Ray")
 
 
 def _check_data(data) -> None:
@@ -295,7 +327,8 @@ def plan_sweep(a) -> Plan:
                              f"--resume continues there")
         data = [tuple(d) for d in meta.get("data", [])]
         _check_data(data)
-        return Plan(sweep, sweep_dir, uri, [], meta.get("n_trials", 0), meta.get("n_networks", 0), data)
+        return Plan(sweep, sweep_dir, uri, [], meta.get("pack_size", "?"), meta.get("n_trials", 0),
+                    meta.get("n_networks", 0), data)
     if exists:
         raise UsageError(f"sweep {sweep!r} already exists at {sweep_dir}: add --resume to continue it, "
                          f"or choose another --name")
@@ -310,8 +343,13 @@ def plan_sweep(a) -> Plan:
         raise UsageError(str(e)) from None
     data = list(dict.fromkeys((c.dataset, c.data_dir) for c in configs))
     _check_data(data)
-    packs = pack(configs, a.pack_size or grid.pack_size)
-    return Plan(sweep, sweep_dir, a.tracking_uri or default_tracking_uri(), packs, len(packs), len(configs), data)
+    if a.pack_size == "auto":
+        size, how = auto_pack_size(configs, a.gpus_per_trial)
+    else:
+        size, how = a.pack_size, "--pack-size"
+    packs = pack(configs, size)
+    return Plan(sweep, sweep_dir, a.tracking_uri or default_tracking_uri(), packs, f"<= {size} ({how})",
+                len(packs), len(configs), data)
 
 
 def dry_run_report(plan: Plan, a) -> str:
@@ -325,8 +363,8 @@ def dry_run_report(plan: Plan, a) -> str:
     models = sorted({p[0].model for p in plan.packs})
     assumed = ", ".join(f"{m} {ASSUMED_IMAGES_PER_SECOND[m][device]:,} img/s per {device.upper()}" for m in models)
     lines = [
-        f"[dry-run] sweep {plan.sweep}: {plan.n_networks:,} networks in {plan.n_trials:,} trials (packs), "
-        f"{len({cell_of(c) for p in plan.packs for c in p}):,} cells",
+        f"[dry-run] sweep {plan.sweep}: {plan.n_networks:,} networks in {plan.n_trials:,} trials (packs of "
+        f"{plan.pack_size}), {len({cell_of(c) for p in plan.packs for c in p}):,} cells",
         f"  training images: {images:,} (iterations x batch per network and phase; a pack trains the shared "
         f"first phase of two-phase networks once)",
         f"  estimated compute: {_duration(seconds)} of trial time at {per_trial:g} {device.upper()}(s) per trial, "
@@ -362,6 +400,9 @@ def _init_ray(a) -> bool:
 
 
 def _results_table(rows: list[tuple[TrialConfig, dict]]) -> str:
+    from imbalance_core.sampling import METHODS
+    rows = sorted(rows, key=lambda cr: (cr[0].dataset, cr[0].imbalance, cr[0].rho, cr[0].mu, cr[0].lr or 0,
+                                        METHODS.index(cr[0].method), cr[0].level or 0))
     groups: dict[tuple, list[dict]] = {}
     for c, r in rows:
         method = c.method + (f" L{c.level:g}" if c.level is not None else "")
@@ -398,9 +439,11 @@ def run_sweep(plan: Plan, a) -> int:
             plan.sweep_dir.mkdir(parents=True, exist_ok=True)
             (plan.sweep_dir / META_FILE).write_text(json.dumps({
                 "sweep": plan.sweep, "preset": a.preset, "argv": a.argv, "tracking_uri": plan.tracking_uri,
-                "n_trials": plan.n_trials, "n_networks": plan.n_networks, "data": plan.data,
+                "n_trials": plan.n_trials, "n_networks": plan.n_networks, "pack_size": plan.pack_size,
+                "data": plan.data,
                 "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}, indent=1))
-            print(f"[sweep {plan.sweep}] {plan.n_networks} networks in {plan.n_trials} trials; "
+            print(f"[sweep {plan.sweep}] {plan.n_networks} networks in {plan.n_trials} trials (packs of "
+                  f"{plan.pack_size}); "
                   f"Tune state {plan.sweep_dir}; MLflow {plan.tracking_uri}", flush=True)
             tuner = tune.Tuner(
                 trainable,
@@ -435,7 +478,8 @@ def run_sweep(plan: Plan, a) -> int:
         if r.error is not None or "networks" not in (r.metrics or {}):
             failed.append((configs, _error_message(r.error) if r.error is not None else "no result reported"))
         else:
-            done += [(c, res, r.metrics.get("trial_id", "")) for c, res in zip(configs, json.loads(r.metrics["networks"]))]
+            networks = json.loads(r.metrics["networks"])
+            done += [(c, res, r.metrics.get("trial_id", "")) for c, res in zip(configs, networks)]
     from .tracking import trial_key
     have = tracker.existing_keys()
     logged, log_errors = 0, []
@@ -469,7 +513,10 @@ def run_sweep(plan: Plan, a) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    a = _parser().parse_args(argv)
+    try:
+        a = _parser().parse_args(argv)
+    except SystemExit as e:                      # argparse: --help (0) or a malformed option (2, message printed)
+        return int(e.code or 0)
     a.argv = argv
     try:
         plan = plan_sweep(a)

@@ -62,7 +62,6 @@ class Grid:
     dataset: str
     blocks: tuple[Block, ...]
     iterations: int | None = None              # None: the paper's count for the dataset
-    pack_size: int = 1                         # default --pack-size: networks trained together in one trial
     description: str = ""
 
 
@@ -104,7 +103,7 @@ PRESETS: dict[str, Grid] = {g.name: g for g in (
     Grid("quick", "mnist-sample", (
         Block("step", (10, 100), (0.5,), repetitions=2),
         Block("linear", (10,), repetitions=2),
-    ), iterations=300, pack_size=5,
+    ), iterations=300,
         description="smoke run on the bundled 5,000 MNIST digits: 3 cells x 5 methods x 2 seeds = 30 networks, "
                     "300 iterations"),
 )}

@@ -204,7 +204,7 @@ class Tracker:
 
     def log_network(self, config: TrialConfig, result: dict, pack_id: str) -> bool:
         """One MLflow run for one network; False (nothing logged) if its FINISHED run already exists."""
-        from mlflow.entities import Metric, Param, RunTag
+        from mlflow.entities import Metric, Param
         key = trial_key(config, self.sweep)
         stale = []
         for r in self._runs(f"tags.trial_key = '{key}'"):

@@ -12,10 +12,14 @@ import torch
 
 pytest.importorskip("ffcv")
 
+# numba sometimes reports a KeyError from a Dispatcher finaliser when FFCV's per-Loader jitted functions are
+# garbage collected; it is printed as "Exception ignored" and has no effect on results.
+pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+
 from imbalance_core import datasets as D  # noqa: E402
 from imbalance_core import ffcv_data as F  # noqa: E402
 from imbalance_core.imbalance import make_subset  # noqa: E402
-from imbalance_core.loaders import TensorLoader  # noqa: E402
+from imbalance_core.loaders import ArrayData, TensorLoader  # noqa: E402
 from imbalance_core.preprocess import ImageFiles, array_data, imagenet_transforms  # noqa: E402
 from imbalance_core.sampling import SamplingPlan  # noqa: E402
 
@@ -76,7 +80,8 @@ def test_batches_equal_tensor_loader(mnist, mnist_train, cache):
     plans = [SamplingPlan(sub, mnist.train_y, s, seed=3, stream_id=1) for s in ("ros", "rus")]
     plans.append(SamplingPlan(sub, mnist.train_y, "weighted", class_weights=(1.0,) * 10, seed=4))
     B, iters = 64, 180                                    # rus epoch = 5000 < 180 * 64
-    loader = F.train_loader(mnist, plans, B, iters, "cpu", cache_dir=cache, chunk_samples=3 * B * 50)
+    loader = F.train_loader(mnist, plans, B, iters, "cpu", cache_dir=cache, chunk_samples=3 * B * 50,
+                            num_workers=1)
     assert len(loader) == iters and loader.chunk == 50
     n = 0
     for (x, y), (x2, y2) in zip(loader, TensorLoader(mnist_train, plans, B, iters), strict=True):
@@ -85,6 +90,19 @@ def test_batches_equal_tensor_loader(mnist, mnist_train, cache):
         assert torch.equal(x, x2) and torch.equal(y, y2)
         n += 1
     assert n == iters
+
+
+def test_two_loaders_at_once_and_reuse(mnist, mnist_train, cache):
+    """Built Loaders are pooled; a loader iterated while another of the same shape runs gets its own."""
+    sub = make_subset(mnist.train_y, "mnist", "step", 5000, 10, 0.5, seed=5)
+    pa, pb = ([SamplingPlan(sub, mnist.train_y, "ros", seed=s)] for s in (5, 6))
+    a, b = (F.train_loader(mnist, p, 32, 40, "cpu", cache_dir=cache, num_workers=1) for p in (pa, pb))
+    for (xa, ya), (xb, yb), (ra, _), (rb, _) in zip(a, b, TensorLoader(mnist_train, pa, 32, 40),
+                                                    TensorLoader(mnist_train, pb, 32, 40), strict=True):
+        assert torch.equal(xa, ra) and torch.equal(xb, rb)
+    key = next(k for k in F._POOL if k[0] == "train" and k[2] == 32)
+    assert len(F._POOL[key]) == 2 and not any(e.busy for e in F._POOL[key])
+    assert sum(1 for _ in a) == 40 and len(F._POOL[key]) == 2          # re-iterating reuses a built one
 
 
 @pytest.mark.parametrize("rho", [10, 5000])
@@ -98,7 +116,7 @@ def test_class_frequencies_match_plan(mnist, cache, rho):
     ys = [[] for _ in plans]
     minority = [c for c in range(10) if sub.counts[c] == min(sub.counts)]
     ros_minority_images = []
-    for x, y in F.train_loader(mnist, plans, B, iters, "cpu", cache_dir=cache):
+    for x, y in F.train_loader(mnist, plans, B, iters, "cpu", cache_dir=cache, num_workers=1):
         for k in range(len(plans)):
             ys[k].append(y[k].numpy())
         if rho == 5000:   # plan 1 is ROS: every minority image is the one example of its class, replicated
@@ -128,20 +146,45 @@ def test_plans_must_index_the_written_training_set(mnist, cache):
     small = tiny_array(mnist)
     sub = make_subset(mnist.train_y, "mnist", "balanced", 10, 1, 0.5, seed=0)
     with pytest.raises(ValueError, match="holds 300"):
-        F.train_loader(small, [SamplingPlan(sub, mnist.train_y)], 4, 2, "cpu", cache_dir=cache)
+        F.train_loader(small, [SamplingPlan(sub, mnist.train_y)], 4, 2, "cpu", cache_dir=cache, num_workers=1)
 
 
 # --------------------------------------------------------------------------- pipelines
 
-def test_cifar_shapes_and_values(shared_data, cache):
+def test_cifar_shapes_and_values(shared_data, tmp_path, monkeypatch):
+    """The cifar10 beton holds exactly preprocess.cifar_whitened's arrays, served as (K, B, 3, 32, 32).
+
+    ZCA's 3072x3072 eigendecomposition takes minutes on a loaded 2-core runner, so here a cheap stand-in
+    (GCN only) replaces it; the writer and loader are what is tested, whitening is preprocess's.
+    """
+    from imbalance_core import preprocess
     ds = D.load_dataset("cifar10", shared_data / "cifar10")
-    tr = array_data(ds)[0]
+
+    def cheap(train_x, test_x):
+        return (preprocess.gcn(train_x.reshape(len(train_x), -1)).reshape(train_x.shape),
+                preprocess.gcn(test_x.reshape(len(test_x), -1)).reshape(test_x.shape))
+    monkeypatch.setattr(F, "cifar_whitened", cheap)
+    tr_x, te_x = cheap(ds.train_x, ds.test_x)
+    tr = ArrayData(torch.from_numpy(tr_x), torch.from_numpy(ds.train_y), lambda t: t)
     sub = make_subset(ds.train_y, "cifar10", "step", 500, 10, 0.5, seed=0)
     plans = [SamplingPlan(sub, ds.train_y, "ros", seed=s) for s in (0, 1)]
-    for (x, y), (x2, y2) in zip(F.train_loader(ds, plans, 8, 3, "cpu", cache_dir=cache),
+    n = 0
+    for (x, y), (x2, y2) in zip(F.train_loader(ds, plans, 8, 3, "cpu", cache_dir=tmp_path, num_workers=1),
                                 TensorLoader(tr, plans, 8, 3), strict=True):
         assert x.shape == (2, 8, 3, 32, 32) and x.dtype == torch.float32
         assert torch.equal(x, x2) and torch.equal(y, y2)
+        n += 1
+    assert n == 3
+
+
+def _check_imagenet_test_batches(ds, cache_dir):
+    """Test split: centre 224 crop of the shorter-side-256 image, as the torch backend does (up to JPEG q90)."""
+    test = list(F.test_batches(ds, "cpu", batch_size=4, cache_dir=cache_dir, num_workers=1))
+    xt, yt = torch.cat([b[0] for b in test]), torch.cat([b[1] for b in test])
+    assert xt.shape == (len(ds.test_files), 3, 224, 224) and yt.tolist() == ds.test_y.tolist()
+    ref = ImageFiles(ds.test_files, ds.test_y, imagenet_transforms(train=False))
+    for i in (0, len(ref) - 1):
+        assert (xt[i] - ref[i][0]).abs().mean() < 0.1     # ~0.03 measured: JPEG re-encode only
 
 
 def test_imagenet_shapes_and_values(shared_data, tmp_path):
@@ -153,13 +196,7 @@ def test_imagenet_shapes_and_values(shared_data, tmp_path):
     for x, y in batches:
         assert x.shape == (2, 4, 3, 224, 224) and x.dtype == torch.float32 and y.shape == (2, 4)
         assert torch.isfinite(x).all() and -3 < x.mean() < 3
-    # test split: centre 224 crop of the shorter-side-256 image, as the torch backend does (up to JPEG q90)
-    test = list(F.test_batches(ds, "cpu", batch_size=4, cache_dir=tmp_path, num_workers=1))
-    xt, yt = torch.cat([b[0] for b in test]), torch.cat([b[1] for b in test])
-    assert xt.shape == (len(ds.test_files), 3, 224, 224) and yt.tolist() == ds.test_y.tolist()
-    ref = ImageFiles(ds.test_files, ds.test_y, imagenet_transforms(train=False))
-    for i in (0, len(ref) - 1):
-        assert (xt[i] - ref[i][0]).abs().mean() < 0.1
+    _check_imagenet_test_batches(ds, tmp_path)
 
 
 # --------------------------------------------------------------------------- cache
@@ -182,8 +219,6 @@ def test_cache_reuse_and_rewrite(mnist, tmp_path, monkeypatch):
         assert F.check_beton(p, meta["key"], meta["settings"], 300) is not None
         assert F.write_beton(ds, "train", tmp_path) == p
         assert p.stat().st_size == meta["size"] and F.check_beton(p, meta["key"], meta["settings"], 300) is None
-        xs = [x for x, _ in F.test_batches(ds, "cpu", 100, cache_dir=tmp_path)]  # test split reads fine
-        assert sum(len(x) for x in xs) == 50
 
     with open(p, "r+b") as f:                                         # truncated
         f.truncate(meta["size"] // 2)
@@ -198,21 +233,32 @@ def test_cache_reuse_and_rewrite(mnist, tmp_path, monkeypatch):
     side.write_text("{not json")                                       # garbage sidecar, garbage beton
     p.write_bytes(b"\0" * 4096)
     assert_rewritten()
+    plan = SamplingPlan(make_subset(ds.train_y, "mnist", "balanced", 20, 1, 0.5, seed=0), ds.train_y)
+    (x, y), = F.train_loader(ds, [plan], 200, 1, "cpu", cache_dir=tmp_path, num_workers=1)   # FFCV reads it
+    assert torch.equal(x[0] * 256, torch.from_numpy(ds.train_x[plan.epoch(0)]).float())
+    assert torch.equal(y[0], torch.from_numpy(ds.train_y[plan.epoch(0)]))
     # different content or split -> different file; IMBALANCE_CACHE is the default folder
     assert F.write_beton(tiny_array(mnist, offset=1), "train", tmp_path) != p
     monkeypatch.setenv("IMBALANCE_CACHE", str(tmp_path / "env"))
     assert F.write_beton(ds, "test", None).parent == tmp_path / "env"
 
 
-def _write_in_child(args):
-    ds, cache_dir = args
-    return str(F.write_beton(ds, "train", cache_dir, num_workers=1))
+def _write_in_child(ds, cache_dir, out):
+    out.put(str(F.write_beton(ds, "train", cache_dir, num_workers=1)))
 
 
 def test_concurrent_writers(mnist, tmp_path):
+    """Three processes ask for the same beton at once: one writes, all get the same valid file."""
     ds = tiny_array(mnist, n=2000)
-    with multiprocessing.get_context("fork").Pool(3) as pool:
-        paths = pool.map(_write_in_child, [(ds, tmp_path)] * 3)
+    ctx = multiprocessing.get_context("fork")
+    out = ctx.Queue()
+    procs = [ctx.Process(target=_write_in_child, args=(ds, tmp_path, out)) for _ in range(3)]
+    for pr in procs:
+        pr.start()
+    paths = [out.get(timeout=120) for _ in procs]
+    for pr in procs:
+        pr.join(timeout=60)
+        assert pr.exitcode == 0
     assert len(set(paths)) == 1
     p = Path(paths[0])
     path, key, settings = F.beton_path(ds, "train", tmp_path)

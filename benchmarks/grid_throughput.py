@@ -1,0 +1,105 @@
+"""Networks per hour on a fixed slice of the MNIST grid, three ways, measured in the same run.
+
+    .venv/bin/python benchmarks/grid_throughput.py [--data-dir ../shared/data] [--iterations 300]
+        [--repetitions 2] [--device auto]
+
+The slice: MNIST step imbalance rho {10, 1000} x mu {0.5}, linear rho {100}, the five training
+regimes (baseline, ROS, RUS, two-phase ROS, two-phase RUS), `--repetitions` seeds, at a reduced
+`--iterations` (stated in the output). Three ways:
+  plain      one network after another: torch DataLoader + module + SGD (benchmarks/plain.py)
+  sweep      sweeps/full_grid.py with --pack-size 1 (Ray Tune + MLflow, every overhead counted)
+  packed     sweeps/full_grid.py with the automatic pack size (CPU: the methods of a (cell, seed)
+             one after another in one trial, two-phase sharing its first phase; CUDA: vmap-stacked)
+Prints networks/hour and images/s of each, the ratios to `plain`, and the projected wall time of the
+paper's full MNIST grid (22,500 networks x 10,000 iterations) at the packed rate on this hardware.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import torch
+
+from benchmarks.plain import plain_network
+from imbalance_core.datasets import load_dataset
+from imbalance_core.trial import TrialConfig, resolve_device
+from sweeps import full_grid
+
+CELLS = [("step", 10.0, 0.5), ("step", 1000.0, 0.5), ("linear", 100.0, 0.5)]
+METHODS = ["baseline", "ros", "rus", "two-phase-ros", "two-phase-rus"]
+PAPER_MNIST_NETWORKS, PAPER_ITERATIONS = 22_500, 10_000
+
+
+def slice_configs(data_dir: str, iterations: int, repetitions: int, device: str) -> list[TrialConfig]:
+    return [TrialConfig(dataset="mnist", data_dir=data_dir, imbalance=imb, rho=rho, mu=mu, method=m, seed=s,
+                        iterations=iterations, device=device)
+            for imb, rho, mu in CELLS for m in METHODS for s in range(repetitions)]
+
+
+def images_of(c: TrialConfig) -> int:
+    """Training images a network sees (two-phase: both phases)."""
+    return c.schedule.iterations * c.schedule.batch_size * (2 if c.method.startswith("two-phase") else 1)
+
+
+def run_sweep(data_dir, iterations, repetitions, device, pack_size, workdir, tag) -> float:
+    argv = ["--preset", "mnist", "--data-dir", data_dir, "--iterations", str(iterations),
+            "--repetitions", str(repetitions), "--rho", "10", "1000", "100", "--mu", "0.5",
+            "--methods", *METHODS, "--name", f"bench-{tag}", "--device", device,
+            "--tracking-uri", f"sqlite:///{workdir}/mlflow-{tag}.db", "--storage-path", f"{workdir}/ray-{tag}"]
+    if pack_size is not None:
+        argv += ["--pack-size", str(pack_size)]
+    if device == "cuda":
+        argv += ["--gpus-per-trial", "1"]
+    t0 = time.perf_counter()
+    rc = full_grid.main(argv)
+    if rc != 0:
+        raise SystemExit(f"sweep {tag} failed with exit status {rc}")
+    return time.perf_counter() - t0
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--data-dir", default=str(ROOT.parent / "shared" / "data"))
+    ap.add_argument("--iterations", type=int, default=300)
+    ap.add_argument("--repetitions", type=int, default=2)
+    ap.add_argument("--device", default="auto")
+    a = ap.parse_args(argv)
+    device = resolve_device(a.device).type
+    configs = slice_configs(a.data_dir, a.iterations, a.repetitions, device)
+    n, images = len(configs), sum(images_of(c) for c in configs)
+    ds = load_dataset("mnist", a.data_dir)
+
+    t0 = time.perf_counter()
+    for c in configs:
+        plain_network(c, ds, device)
+    plain_s = time.perf_counter() - t0
+    with tempfile.TemporaryDirectory() as work:
+        sweep_s = run_sweep(a.data_dir, a.iterations, a.repetitions, device, 1, work, "unpacked")
+        packed_s = run_sweep(a.data_dir, a.iterations, a.repetitions, device, None, work, "packed")
+
+    hw = (torch.cuda.get_device_name(0) if device == "cuda" else f"{platform.machine()} CPU") + \
+        f", {os.cpu_count()} cores, torch {torch.__version__}"
+    print(f"\nhardware: {hw}")
+    print(f"slice: {n} MNIST networks ({len(CELLS)} cells x {len(METHODS)} methods x {a.repetitions} seeds), "
+          f"{a.iterations} iterations per phase (the paper: {PAPER_ITERATIONS}), batch 64")
+    print(f"{'way':8s} {'wall s':>8s} {'networks/h':>11s} {'images/s':>10s} {'vs plain':>9s}")
+    for name, s in (("plain", plain_s), ("sweep", sweep_s), ("packed", packed_s)):
+        print(f"{name:8s} {s:8.1f} {n / s * 3600:11.0f} {images / s:10.0f} {plain_s / s:8.2f}x")
+    # projection: the paper's grid has the same method mix; scale images by 10,000 / iterations
+    per_network_s = packed_s / n * (PAPER_ITERATIONS / a.iterations)
+    print(f"projected full MNIST grid ({PAPER_MNIST_NETWORKS:,} networks x {PAPER_ITERATIONS:,} iterations) "
+          f"at the packed rate on this hardware: {PAPER_MNIST_NETWORKS * per_network_s / 3600:,.1f} h "
+          f"(fixed per-sweep overhead scaled too, so this is an upper bound)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,246 @@
+"""sweeps/full_grid.py end to end: bad input, dry run, a real Ray Tune sweep logged to MLflow, a failed
+trial, --resume (re-runs only what did not finish, no duplicate MLflow runs), reconciliation.
+
+The sweep scenario trains 6 LeNet-5 networks for 10 iterations in 2 trials: 3 on the bundled MNIST
+sample and 3 on a copy of full MNIST in tmp. The copy disappears after the driver has checked it
+(a wrapper around `_init_ray`, no hook in the code under test), so the MNIST trial fails; it comes
+back before `--resume`, which re-runs that trial only.
+"""
+import dataclasses
+import json
+import shutil
+import socket
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from imbalance_core.trial import TrialConfig
+from sweeps import full_grid
+from sweeps.grids import cell_of, describe
+from sweeps.tracking import trial_key
+
+ROOT = Path(__file__).resolve().parents[1]
+SWEEP = "t-sweep"
+ARGS = ["--preset", "quick", "--datasets", "mnist-sample", "mnist", "--imbalance", "step", "--rho", "10",
+        "--methods", "baseline", "ros", "two-phase-ros", "--repetitions", "1", "--iterations", "10",
+        "--pack-size", "3", "--max-failures", "0", "--name", SWEEP]
+
+
+def _client(uri):
+    from mlflow.tracking import MlflowClient
+    return MlflowClient(tracking_uri=uri)
+
+
+def _runs(uri, name=SWEEP):
+    c = _client(uri)
+    exp = c.get_experiment_by_name(name)
+    return c, exp, c.search_runs([exp.experiment_id], max_results=1000)
+
+
+def _result_lines(sweep_dir: Path) -> dict[str, int]:
+    """Reports per trial folder: Tune appends one line to result.json per `tune.report`."""
+    return {p.parent.name: len(p.read_text().splitlines()) for p in sweep_dir.glob("train_pack_*/result.json")}
+
+
+@pytest.fixture
+def no_ray(monkeypatch):
+    def refuse(a):
+        raise AssertionError("Ray must not start on bad input")
+    monkeypatch.setattr(full_grid, "_init_ray", refuse)
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# --------------------------------------------------------------------------- bad input: exit 2, nothing starts
+
+@pytest.mark.parametrize("extra, named", [
+    (["--preset", "mnist-full"], "'mnist-full'"),
+    (["--datasets", "imagenet1k"], "'imagenet1k'"),
+    (["--methods", "smote"], "'smote'"),
+    (["--rho", "0.5"], "rho=0.5"),
+    (["--mu", "1.5"], "mu=1.5"),
+    (["--datasets", "mnist", "--data-dir", "{tmp}/empty"], "{tmp}/empty"),
+    (["--tracking-uri", "http://127.0.0.1:{port}"], "http://127.0.0.1:{port}"),
+    (["--resume", "--name", "nosuch"], "{tmp}/ray/nosuch"),
+    (["--cpus-per-trial", "512"], "--cpus-per-trial 512"),
+    (["--pack-size", "0"], "--pack-size 0"),
+])
+def test_bad_input_exits_2_naming_the_value(tmp_path, capsys, no_ray, extra, named):
+    (tmp_path / "empty").mkdir()
+    port = _free_port()
+    fill = {"tmp": tmp_path, "port": port}
+    argv = ["--storage-path", str(tmp_path / "ray"), "--tracking-uri", f"sqlite:///{tmp_path}/m.db",
+            "--iterations", "5"] + [x.format(**fill) for x in extra]
+    assert full_grid.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and named.format(**fill) in err, err
+    assert not (tmp_path / "ray").exists()
+
+
+def test_malformed_option_exits_2(capsys, no_ray):
+    assert full_grid.main(["--pack-size", "many"]) == 2
+    assert "'many' is not an integer or 'auto'" in capsys.readouterr().err
+
+
+def test_dry_run_prints_sizes_and_estimate_without_starting_anything(tmp_path, capsys, no_ray):
+    db = tmp_path / "m.db"
+    argv = ["--dry-run", "--storage-path", str(tmp_path / "ray"), "--tracking-uri", f"sqlite:///{db}"]
+    assert full_grid.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "30 networks in 6 trials (packs of <= 5 (auto: CPU pack))" in out and "3 cells" in out
+    assert "training images: 576,000" in out                      # 6 packs x 5 networks x 300 x 64
+    assert "assuming lenet5 3,000 img/s per CPU" in out
+    assert "3m12s of trial time" in out                           # 576,000 / 3,000 img/s
+    assert not db.exists() and not (tmp_path / "ray").exists()
+
+
+# --------------------------------------------------------------------------- a real sweep
+
+@pytest.fixture(scope="module")
+def ray_local():
+    import ray
+    temp = tempfile.mkdtemp(prefix="rayt", dir="/tmp")            # short: Ray's socket paths are length-limited
+    ray.init(address="local", num_cpus=2, num_gpus=0, include_dashboard=False, _temp_dir=temp,
+             job_config=ray.job_config.JobConfig(code_search_path=[str(ROOT)]))
+    yield
+    ray.shutdown()
+    shutil.rmtree(temp, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def sweep(ray_local, tmp_path_factory):
+    """Run 1: the MNIST data vanishes after the driver checked it -> that trial fails (exit 1).
+    Run 2: the data is back, --resume -> only the failed trial runs (exit 0)."""
+    tmp = tmp_path_factory.mktemp("sweep")
+    data = tmp / "data"
+    shutil.copytree(Path(__file__).resolve().parents[2] / "shared" / "data" / "MNIST", data / "MNIST")
+    uri = f"sqlite:///{tmp}/mlflow.db"
+    argv = ARGS + ["--data-dir", str(data), "--storage-path", str(tmp / "ray"), "--tracking-uri", uri]
+    sweep_dir = tmp / "ray" / SWEEP
+    state = {"uri": uri, "argv": argv, "sweep_dir": sweep_dir, "data": data}
+
+    mp = pytest.MonkeyPatch()
+    real_init = full_grid._init_ray
+
+    def init_after_data_vanished(a):
+        (data / "MNIST").rename(data / "MNIST.away")
+        return real_init(a)
+
+    mp.setattr(full_grid, "_init_ray", init_after_data_vanished)
+    out1 = _run(argv, state, "rc1", "out1")
+    mp.undo()
+    state["runs1"] = sorted((r.data.tags["trial_key"], r.info.run_id) for r in _runs(uri)[2])
+    state["lines1"] = _result_lines(sweep_dir)
+
+    (data / "MNIST.away").rename(data / "MNIST")
+    _run(argv + ["--resume"], state, "rc2", "out2")
+    state["lines2"] = _result_lines(sweep_dir)
+    return state
+
+
+def _run(argv, state, rc_key, out_key):
+    import contextlib
+    import io
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        state[rc_key] = full_grid.main(argv)
+    state[out_key] = buf.getvalue()
+    print(state[out_key])
+    return state[out_key]
+
+
+def _configs(data):
+    return [TrialConfig(dataset=ds, data_dir=str(data), imbalance="step", rho=10.0, mu=0.5, method=m, seed=0,
+                        iterations=10)
+            for ds in ("mnist-sample", "mnist") for m in ("baseline", "ros", "two-phase-ros")]
+
+
+def test_failed_trial_is_reported_and_the_others_finish(sweep):
+    out = sweep["out1"]
+    assert sweep["rc1"] == 1, out
+    assert "3 networks finished, 3 failed (1 trials)" in out
+    assert "FAILED trial:" in out and "DatasetError" in out and "MNIST" in out
+    for m in ("baseline", "ros", "two-phase-ros"):
+        assert f"mnist-step-rho10-mu0.5-{m}-s0  " in out                # each failed network with its config
+    assert "re-run the failed trials with: --resume --name t-sweep" in out
+    # the finished trial's networks are in MLflow, the failed ones are not
+    want = {trial_key(c, SWEEP) for c in _configs(sweep["data"]) if c.dataset == "mnist-sample"}
+    assert {k for k, _ in sweep["runs1"]} == want and len(sweep["runs1"]) == 3
+    assert "mnist-sample/step/rho10/mu0.5  baseline" in out                # results table
+    assert "networks done" in out and "1 failed" in out                    # progress lines
+
+
+def test_resume_reruns_only_the_failed_trial_and_logs_every_network_once(sweep):
+    assert sweep["rc2"] == 0, sweep["out2"]
+    lines1, lines2 = sweep["lines1"], sweep["lines2"]
+    sample = [t for t in lines2 if "mnist-sample" in t]
+    assert len(lines2) == 2 and len(sample) == 1
+    assert lines1.get(sample[0]) == 1 and sum(lines1.values()) == 1       # run 1: only the sample trial reported
+    assert lines2 == {t: 1 for t in lines2}                               # run 2: the MNIST trial reported once,
+                                                                          # the sample trial did not train again
+    c, exp, runs = _runs(sweep["uri"])
+    keys = [r.data.tags["trial_key"] for r in runs]
+    assert sorted(keys) == sorted(trial_key(x, SWEEP) for x in _configs(sweep["data"]))   # each network once
+    before = dict(sweep["runs1"])
+    assert all(before[r.data.tags["trial_key"]] == r.info.run_id for r in runs if r.data.tags["trial_key"] in before)
+    assert "6 networks finished, 0 failed" in sweep["out2"]
+    out = sweep["out2"]
+    assert f"#/experiments/{exp.experiment_id}/runs" in out and "mlflow ui --backend-store-uri" in out
+
+
+def test_every_network_follows_the_mlflow_contract(sweep, tmp_path):
+    c, exp, runs = _runs(sweep["uri"])
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
+    by_key = {trial_key(x, SWEEP): x for x in _configs(sweep["data"])}
+    assert len(runs) == 6
+    for r in runs:
+        cfg = by_key[r.data.tags["trial_key"]]
+        assert r.info.status == "FINISHED" and r.info.run_name == describe(cfg)
+        t = r.data.tags
+        assert (t["sweep"], t["cell"], t["method"]) == (SWEEP, cell_of(cfg), cfg.method) and t["pack_id"]
+        p = r.data.params
+        fields = {k: str(v) for k, v in dataclasses.asdict(cfg).items() if k != "batch_size"}
+        assert {k: p[k] for k in fields} == fields
+        assert p["batch_size"] == "64" and p["base_lr"] == "0.01" and p["model"] == "lenet5" and p["code_version"]
+        m = r.data.metrics
+        for k in ("auc", "accuracy", "accuracy_thresholded", "train_seconds", "images_per_second", "final_loss",
+                  "train_examples", "epoch_examples"):
+            assert k in m
+        assert {f"recall_{i}" for i in range(10)} | {f"recall_thresholded_{i}" for i in range(10)} <= set(m)
+        assert 0 <= m["accuracy"] <= 100 and 0 <= m["auc"] <= 100
+        assert m["train_examples"] == (5 * 400 + 5 * 40 if cfg.dataset == "mnist-sample" else 5 * 5000 + 5 * 500)
+        assert {a.path for a in c.list_artifacts(r.info.run_id)} == {"result.json", "confusion_matrix.png",
+                                                                     "per_class_recall.png"}
+        local = Path(c.download_artifacts(r.info.run_id, "", str(tmp_path / r.info.run_id)))
+        for png in ("confusion_matrix.png", "per_class_recall.png"):
+            blob = (local / png).read_bytes()
+            assert blob[:8] == b"\x89PNG\r\n\x1a\n" and len(blob) > 5000
+        doc = json.loads((local / "result.json").read_text())
+        assert doc["config"] == dataclasses.asdict(cfg) and doc["trial_key"] == t["trial_key"]
+        assert doc["auc"] == pytest.approx(m["auc"]) and len(doc["confusion_matrix"]) == 10
+        if cfg.method == "two-phase-ros":
+            assert doc["finetune_iterations"] == 10
+
+
+def test_resume_of_a_finished_sweep_reconciles_mlflow_without_training(sweep, capsys):
+    c, exp, runs = _runs(sweep["uri"])
+    gone = runs[0]
+    c.delete_run(gone.info.run_id)               # as if the driver died between a trial's end and its logging
+    assert full_grid.main(sweep["argv"] + ["--resume"]) == 0
+    out = capsys.readouterr().out
+    assert "logged 1 finished networks that were missing from MLflow" in out
+    assert _result_lines(sweep["sweep_dir"]) == sweep["lines2"]           # nothing trained again
+    _, _, after = _runs(sweep["uri"])
+    assert len(after) == 6 and len({r.data.tags["trial_key"] for r in after}) == 6
+    assert gone.data.tags["trial_key"] in {r.data.tags["trial_key"] for r in after}
+
+
+def test_starting_an_existing_sweep_again_needs_resume(sweep, capsys, no_ray):
+    assert full_grid.main(sweep["argv"]) == 2
+    err = capsys.readouterr().err
+    assert "already exists" in err and str(sweep["sweep_dir"]) in err and "--resume" in err
