@@ -25,8 +25,12 @@ order is a custom TraversalOrder that hands FFCV the next "chunk" of the run: fo
 next chunk*B indices of `plan.stream()` (epochs `plan.epoch(0), plan.epoch(1), ...` concatenated,
 repeats allowed), interleaved so that FFCV batch t is [plan 0's B | plan 1's B | ...]. The batches are
 therefore exactly those of loaders.TensorLoader (same indices, same order). One Loader is compiled
-once and iterated once per chunk; rebuilding a Loader per epoch costs ~1.5 s each here (build + numba
-re-compile), iterating a built one with a new order costs nothing measurable (see the report).
+once and iterated once per chunk (<= CHUNK_SAMPLES indices). Measured on 2 busy cores, 3 ROS epochs:
+a Loader per epoch (indices=plan.epoch(e), SEQUENTIAL) costs 2-3 s per epoch on MNIST and 9-18 s on
+the Imagenette slice in build + numba re-compile (8.9 s vs 2.3 s, and 39 s vs 12 s in all); re-iterating
+a built Loader with a new order costs nothing measurable. Built Loaders are also pooled per process
+(same file, batch, device, workers), so trial.py's loader per network and phase compiles once; a Loader
+being iterated is never shared (a second simultaneous user gets its own).
 
 Pipelines (x: (K, B, ...) float32 on `device`, y: (K, B) int64 on `device`):
   MNIST     NDArrayDecoder -> ToTensor [-> ToDevice] ; x * 1/256 on the device
@@ -37,7 +41,8 @@ Pipelines (x: (K, B, ...) float32 on `device`, y: (K, B) int64 on `device`):
             then, on the device: NHWC uint8 -> NCHW float, (x/255 - IMAGENET_MEAN) / IMAGENET_STD.
   [ToDevice(device, non_blocking=True)] only when device is CUDA: the uint8 batch is copied once,
   whole, to the GPU; the float conversion runs there.
-Crops and flips draw from numba's per-thread generators: augmentation is not seeded.
+Crops and flips draw from numba's per-thread generators: augmentation is not seeded. Every yielded
+tensor is new (never a view of FFCV's ring buffers), so a batch may be kept.
 
 Side effects of ffcv handled here: importing ffcv sets torch's intra-op thread count to 1, and every
 Loader iteration (and its worker thread) sets it to the loader's num_workers (ffcv's
@@ -378,6 +383,11 @@ def _device(device) -> torch.device:
     return torch.device(device if device is not None else "cpu")
 
 
+def _on_device(device: torch.device):
+    """FFCV's epoch iterator makes its CUDA streams on the current device: make that `device` (cuda:N)."""
+    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
+
+
 def _image_pipeline(ds, train: bool, device: torch.device) -> list:
     if isinstance(ds, D.FileDataset):
         if train:
@@ -475,7 +485,8 @@ class FFCVTrainLoader:
         if int(batch_size) < 1 or int(iterations) < 1:
             raise ValueError(f"batch_size={batch_size!r} and iterations={iterations!r} must be integers >= 1")
         self.path, self.ds, self.plans = Path(path), ds, list(plans)
-        self.B, self.iterations, self.K, self.device = int(batch_size), int(iterations), len(self.plans), _device(device)
+        self.B, self.iterations, self.K = int(batch_size), int(iterations), len(self.plans)
+        self.device = _device(device)
         self.max_chunk = max(1, int(chunk_samples) // (self.K * self.B))   # iterations per FFCV traversal
         self.chunk = min(self.iterations, self.max_chunk)
         self.finish = _finisher(ds, self.device)
@@ -508,7 +519,8 @@ class FFCVTrainLoader:
         with _acquire(key, build) as c:
             for order in self.chunks():
                 c.order.next_order = order
-                it = iter(c.loader)
+                with _on_device(self.device):
+                    it = iter(c.loader)
                 try:
                     for x, y in it:
                         x = self.finish(x)
@@ -537,7 +549,8 @@ def test_batches(ds, device, batch_size: int = 250, *, cache_dir=None,
     key = ("test", _file_id(path), int(batch_size), str(device), workers, Compiler.is_enabled)
     finish = _finisher(ds, device)
     with _acquire(key, lambda: _Compiled(path, ds, False, int(batch_size), 0, device, workers, 3)) as c:
-        it = iter(c.loader)
+        with _on_device(device):
+            it = iter(c.loader)
         try:
             for x, y in it:
                 yield finish(x), y.to(device).view(-1).clone()
