@@ -79,6 +79,9 @@ def train_pack(config: dict) -> None:
     cpus = tune.get_context().get_trial_resources().required_resources.get("CPU", 1)
     torch.set_num_threads(max(1, int(cpus)))
     results = run_trials([TrialConfig.from_dict(d) for d in config["pack"]])
+    node = ray.get_runtime_context().get_node_id()
+    for r in results:
+        r["node_id"] = node                          # which cluster node trained it (an MLflow tag)
     tune.report({
         "networks": dumps(results),
         "n_networks": len(results),

@@ -218,7 +218,7 @@ class Tracker:
         params.update(model=str(result["model"]), code_version=code_version(), base_lr=str(result["base_lr"]),
                       batch_size=str(result["batch_size"]))
         tags = {"sweep": self.sweep, "cell": cell_of(config), "trial_key": key, "method": config.method,
-                "pack_id": str(pack_id)}
+                "pack_id": str(pack_id), "node_id": str(result.get("node_id", ""))}
         metrics = {k: float(result[k]) for k in METRICS}
         for name in ("recall", "recall_thresholded"):
             metrics.update({f"{name}_{c}": float(v) for c, v in enumerate(result[name])})

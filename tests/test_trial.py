@@ -419,8 +419,17 @@ def test_imagenet_resnet10_trial(shared_data):
     """Most of the cost is ResNet-10 on the 200 Imagenette val images at 224 x 224."""
     r = run_trial(TrialConfig(dataset="imagenet", data_dir=str(shared_data / "imagenette"), imbalance="step",
                               rho=2, mu=0.5, method="baseline", n_per_class=20, iterations=2, batch_size=4,
-                              device="cpu"))
+                              device="cpu", loader="torch"))
     check_result(r, classes=10, test_examples=200)
     assert sorted(r["class_counts"]) == [10] * 5 + [20] * 5 and r["train_examples"] == 150
     assert (r["model"], r["loader"], r["iterations"], r["batch_size"]) == ("resnet10", "torch", 2, 4)
     assert np.asarray(r["confusion_matrix"]).sum(1).tolist() == [20] * 10
+
+
+def test_auto_loader_per_dataset():
+    """The measured default backends: FFCV for JPEG ImageNet, the device-resident tensor loader otherwise."""
+    from imbalance_core.trial import resolve_loader
+    assert resolve_loader(TrialConfig(dataset="imagenet", data_dir="x")) == "ffcv"
+    assert resolve_loader(TrialConfig(dataset="mnist", data_dir="x")) == "tensor"
+    assert resolve_loader(TrialConfig(dataset="cifar10", data_dir="x")) == "tensor"
+    assert resolve_loader(TrialConfig(dataset="mnist", data_dir="x", loader="torch")) == "torch"
