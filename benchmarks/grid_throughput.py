@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/grid_throughput.py [--data-dir ../shared/data] [--iterations 300]
         [--repetitions 2] [--device auto]
 
-The slice: MNIST step imbalance rho {10, 1000} x mu {0.5}, linear rho {100}, the five training
+The slice: MNIST step imbalance rho {10, 1000} x mu {0.5}, linear rho {10, 1000}, the five training
 regimes (baseline, ROS, RUS, two-phase ROS, two-phase RUS), `--repetitions` seeds, at a reduced
 `--iterations` (stated in the output). Three ways:
   plain      one network after another: torch DataLoader + module + SGD (benchmarks/plain.py)
@@ -33,7 +33,7 @@ from imbalance_core.datasets import load_dataset
 from imbalance_core.trial import TrialConfig, resolve_device
 from sweeps import full_grid
 
-CELLS = [("step", 10.0, 0.5), ("step", 1000.0, 0.5), ("linear", 100.0, 0.5)]
+CELLS = [("step", 10.0, 0.5), ("step", 1000.0, 0.5), ("linear", 10.0, 0.5), ("linear", 1000.0, 0.5)]
 METHODS = ["baseline", "ros", "rus", "two-phase-ros", "two-phase-rus"]
 PAPER_MNIST_NETWORKS, PAPER_ITERATIONS = 22_500, 10_000
 
@@ -51,7 +51,7 @@ def images_of(c: TrialConfig) -> int:
 
 def run_sweep(data_dir, iterations, repetitions, device, pack_size, workdir, tag) -> float:
     argv = ["--preset", "mnist", "--data-dir", data_dir, "--iterations", str(iterations),
-            "--repetitions", str(repetitions), "--rho", "10", "1000", "100", "--mu", "0.5",
+            "--repetitions", str(repetitions), "--rho", "10", "1000", "--mu", "0.5",
             "--methods", *METHODS, "--name", f"bench-{tag}", "--device", device,
             "--tracking-uri", f"sqlite:///{workdir}/mlflow-{tag}.db", "--storage-path", f"{workdir}/ray-{tag}"]
     if pack_size is not None:

@@ -21,7 +21,7 @@ from imbalance_core.trial import TrialConfig
 
 def _fit(model, params, x, y, idx, schedule, device, lr_scale=1.0):
     ds = torch.utils.data.TensorDataset(x[idx], y[idx])
-    dl = torch.utils.data.DataLoader(ds, batch_size=schedule.batch_size, shuffle=True, drop_last=True)
+    dl = torch.utils.data.DataLoader(ds, batch_size=schedule.batch_size, shuffle=True)  # keep tiny RUS sets
     opt = torch.optim.SGD(params, lr=schedule.base_lr * lr_scale, momentum=schedule.momentum,
                           weight_decay=schedule.weight_decay)
     t = 0
