@@ -338,8 +338,8 @@ def plan_sweep(a) -> Plan:
     grid = grids.PRESETS[a.preset]
     o = Overrides(datasets=_tuple(a.datasets), methods=_tuple(a.methods), imbalance=_tuple(a.imbalance),
                   rho=_tuple(a.rho), mu=_tuple(a.mu), levels=_tuple(a.levels), lrs=_tuple(a.lr),
-                  repetitions=a.repetitions, iterations=a.iterations, data_dir=a.data_dir, device=a.device,
-                  loader=a.loader)
+                  repetitions=a.repetitions, iterations=a.iterations, device=a.device, loader=a.loader,
+                  data_dir=a.data_dir and os.path.abspath(a.data_dir))   # workers run in other folders
     try:
         configs = grids.expand(grid, o)
     except ValueError as e:

@@ -74,6 +74,7 @@ def trial_key(config: TrialConfig, sweep: str) -> str:
 
 
 @functools.lru_cache(maxsize=1)
+@functools.lru_cache(maxsize=1)
 def code_version() -> str:
     """Git short sha of the repository (`-dirty` when tracked files changed), else the package version."""
     try:
