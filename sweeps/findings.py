@@ -37,8 +37,8 @@ def _tol(a, b) -> float:
 
 
 def _series(rows, method, imbalance, mu=None):
-    pts = sorted((r["rho"], r) for r in rows if r["method"] == method and r["imbalance"] == imbalance
-                 and r["level"] is None and (mu is None or r["mu"] == mu))
+    pts = sorted(((r["rho"], r) for r in rows if r["method"] == method and r["imbalance"] == imbalance
+                  and r["level"] is None and (mu is None or r["mu"] == mu)), key=lambda t: t[0])
     return pts
 
 
@@ -153,12 +153,13 @@ def partial_levels(rows):
         return ("Full ROS is the best ROS level; an intermediate RUS level can beat full RUS", NA,
                 "no partial-sampling runs in this sweep", [])
     rho, mu = part[0]["rho"], part[0]["mu"]
+    part = [r for r in part if r["rho"] == rho and r["mu"] == mu]          # one cell: the first one
     cell = {r["method"]: r for r in rows if r["imbalance"] == "step" and r["rho"] == rho and r["mu"] == mu
             and r["level"] is None}
     lines, ok_ros, ok_rus = [], True, False
     for kind in ("ros", "rus"):
         full = cell.get(kind)
-        levels = sorted((r["level"], r) for r in part if r["method"] == f"partial-{kind}")
+        levels = sorted(((r["level"], r) for r in part if r["method"] == f"partial-{kind}"), key=lambda t: t[0])
         lines.append(f"{kind.upper()} at rho {rho:g}: full {_fmt(full and full['auc_mean'])}; "
                      + ", ".join(f"level {lv:g}: {_fmt(r['auc_mean'])}" for lv, r in levels)
                      + f"; none (baseline) {_fmt(cell.get('baseline', {}).get('auc_mean'))}")

@@ -58,3 +58,10 @@ def test_verdicts_flip_when_the_numbers_do():
     rows = paper_like()
     rows[0]["accuracy_mean"] = 98.5
     assert verdicts(rows)["LeNet-5 on balanced MNIST: error < 1%"] == NOT
+
+
+def test_partial_sampling_in_several_cells_uses_the_first_cell():
+    rows = paper_like()
+    rows += [row("step", 1000, 0.9, "partial-ros", 90.0, level=lv) for lv in (2, 10, 100)]
+    v = verdicts(rows)
+    assert v["Full ROS is the best ROS level; an intermediate RUS level can beat full RUS"] == SUPPORTED
