@@ -13,11 +13,10 @@ import argparse
 import dataclasses
 import functools
 import json
-import math
 import os
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
