@@ -1,9 +1,9 @@
 """Networks per hour on a fixed slice of the MNIST grid, three ways, measured in the same run.
 
-    .venv/bin/python benchmarks/grid_throughput.py [--data-dir ../shared/data] [--iterations 300]
-        [--repetitions 2] [--device auto]
+    .venv/bin/python benchmarks/grid_throughput.py [--data-dir ../shared/data] [--iterations 1000]
+        [--repetitions 2] [--rho 10 1000] [--device auto]
 
-The slice: MNIST step imbalance rho {10, 1000} x mu {0.5}, linear rho {10, 1000}, the five training
+The slice: MNIST step imbalance rho {10, 1000} x mu {0.5}, linear rho {10, 1000} (`--rho`), the five training
 regimes (baseline, ROS, RUS, two-phase ROS, two-phase RUS), `--repetitions` seeds, at a reduced
 `--iterations` (stated in the output). Three ways:
   plain      one network after another: torch DataLoader + module + SGD (benchmarks/plain.py)
@@ -33,15 +33,20 @@ from imbalance_core.datasets import load_dataset
 from imbalance_core.trial import TrialConfig, resolve_device
 from sweeps import full_grid
 
-CELLS = [("step", 10.0, 0.5), ("step", 1000.0, 0.5), ("linear", 10.0, 0.5), ("linear", 1000.0, 0.5)]
+MU = 0.5
 METHODS = ["baseline", "ros", "rus", "two-phase-ros", "two-phase-rus"]
 PAPER_MNIST_NETWORKS, PAPER_ITERATIONS = 22_500, 10_000
 
 
-def slice_configs(data_dir: str, iterations: int, repetitions: int, device: str) -> list[TrialConfig]:
+def cells(rhos: list[float]) -> list[tuple[str, float, float]]:
+    return [(imb, float(rho), MU) for imb in ("step", "linear") for rho in rhos]
+
+
+def slice_configs(data_dir: str, iterations: int, repetitions: int, device: str,
+                  rhos: list[float]) -> list[TrialConfig]:
     return [TrialConfig(dataset="mnist", data_dir=data_dir, imbalance=imb, rho=rho, mu=mu, method=m, seed=s,
                         iterations=iterations, device=device)
-            for imb, rho, mu in CELLS for m in METHODS for s in range(repetitions)]
+            for imb, rho, mu in cells(rhos) for m in METHODS for s in range(repetitions)]
 
 
 def images_of(c: TrialConfig) -> int:
@@ -49,9 +54,9 @@ def images_of(c: TrialConfig) -> int:
     return c.schedule.iterations * c.schedule.batch_size * (2 if c.method.startswith("two-phase") else 1)
 
 
-def run_sweep(data_dir, iterations, repetitions, device, pack_size, workdir, tag) -> float:
+def run_sweep(data_dir, iterations, repetitions, device, rhos, pack_size, workdir, tag) -> float:
     argv = ["--preset", "mnist", "--data-dir", data_dir, "--iterations", str(iterations),
-            "--repetitions", str(repetitions), "--rho", "10", "1000", "--mu", "0.5",
+            "--repetitions", str(repetitions), "--rho", *map(str, rhos), "--mu", str(MU),
             "--methods", *METHODS, "--name", f"bench-{tag}", "--device", device,
             "--tracking-uri", f"sqlite:///{workdir}/mlflow-{tag}.db", "--storage-path", f"{workdir}/ray-{tag}"]
     if pack_size is not None:
@@ -68,12 +73,14 @@ def run_sweep(data_dir, iterations, repetitions, device, pack_size, workdir, tag
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data-dir", default=str(ROOT.parent / "shared" / "data"))
-    ap.add_argument("--iterations", type=int, default=300)
+    ap.add_argument("--iterations", type=int, default=1000)
     ap.add_argument("--repetitions", type=int, default=2)
+    ap.add_argument("--rho", type=float, nargs="+", default=[10.0, 1000.0],
+                    help="imbalance ratios of the slice's cells (step mu 0.5 and linear, each)")
     ap.add_argument("--device", default="auto")
     a = ap.parse_args(argv)
     device = resolve_device(a.device).type
-    configs = slice_configs(a.data_dir, a.iterations, a.repetitions, device)
+    configs = slice_configs(a.data_dir, a.iterations, a.repetitions, device, a.rho)
     n, images = len(configs), sum(images_of(c) for c in configs)
     ds = load_dataset("mnist", a.data_dir)
 
@@ -82,13 +89,13 @@ def main(argv=None) -> int:
         plain_network(c, ds, device)
     plain_s = time.perf_counter() - t0
     with tempfile.TemporaryDirectory() as work:
-        sweep_s = run_sweep(a.data_dir, a.iterations, a.repetitions, device, 1, work, "unpacked")
-        packed_s = run_sweep(a.data_dir, a.iterations, a.repetitions, device, None, work, "packed")
+        sweep_s = run_sweep(a.data_dir, a.iterations, a.repetitions, device, a.rho, 1, work, "unpacked")
+        packed_s = run_sweep(a.data_dir, a.iterations, a.repetitions, device, a.rho, None, work, "packed")
 
     hw = (torch.cuda.get_device_name(0) if device == "cuda" else f"{platform.machine()} CPU") + \
         f", {os.cpu_count()} cores, torch {torch.__version__}"
     print(f"\nhardware: {hw}")
-    print(f"slice: {n} MNIST networks ({len(CELLS)} cells x {len(METHODS)} methods x {a.repetitions} seeds), "
+    print(f"slice: {n} MNIST networks ({len(cells(a.rho))} cells x {len(METHODS)} methods x {a.repetitions} seeds), "
           f"{a.iterations} iterations per phase (the paper: {PAPER_ITERATIONS}), batch 64")
     print(f"{'way':8s} {'wall s':>8s} {'networks/h':>11s} {'images/s':>10s} {'vs plain':>9s}")
     for name, s in (("plain", plain_s), ("sweep", sweep_s), ("packed", packed_s)):

