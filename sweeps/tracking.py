@@ -20,6 +20,7 @@ from pathlib import Path
 from imbalance_core.trial import TrialConfig
 
 from .grids import cell_of, describe
+from .run_figures import confusion_png, recall_png
 
 EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
 METRICS = ("auc", "accuracy", "accuracy_thresholded", "train_seconds", "images_per_second", "final_loss",
@@ -74,7 +75,6 @@ def trial_key(config: TrialConfig, sweep: str) -> str:
 
 
 @functools.lru_cache(maxsize=1)
-@functools.lru_cache(maxsize=1)
 def code_version() -> str:
     """Git short sha of the repository (`-dirty` when tracked files changed), else the package version."""
     try:
@@ -99,51 +99,6 @@ def _json_default(o):
 def dumps(obj) -> str:
     """JSON with numpy scalars and arrays as plain numbers and lists."""
     return json.dumps(obj, default=_json_default)
-
-
-# --------------------------------------------------------------------------- figures
-
-def _figure(**kw):
-    """A matplotlib Figure drawn with Agg, without pyplot's global state (safe off the main thread)."""
-    from matplotlib.figure import Figure
-    return Figure(layout="constrained", **kw)
-
-
-def confusion_figure(path: Path, cm, cm_t) -> None:
-    """Two heat maps, argmax and thresholded predictions (counts printed when there are <= 20 classes)."""
-    import numpy as np
-    C = len(cm)
-    fig = _figure(figsize=(11, 5))
-    for ax, m, title in zip(fig.subplots(1, 2), (cm, cm_t), ("argmax", "thresholded (score / prior)")):
-        m = np.asarray(m)
-        ax.imshow(m, cmap="Blues")
-        ax.set(title=f"confusion matrix, {title}", xlabel="predicted", ylabel="true")
-        if C <= 20:
-            ax.set_xticks(range(C))
-            ax.set_yticks(range(C))
-            for i in range(C):
-                for j in range(C):
-                    ax.text(j, i, str(m[i, j]), ha="center", va="center", fontsize=7,
-                            color="white" if m[i, j] > m.max() / 2 else "black")
-    fig.savefig(path, dpi=80)
-
-
-def recall_figure(path: Path, recall, recall_t, class_counts=None) -> None:
-    """Per-class recall, argmax and thresholded, with each class's training count when there are <= 20."""
-    import numpy as np
-    C = len(recall)
-    x = np.arange(C)
-    fig = _figure(figsize=(max(7, min(C * 0.6, 30)), 4))
-    ax = fig.subplots()
-    ax.bar(x - 0.2, recall, 0.4, label="argmax")
-    ax.bar(x + 0.2, recall_t, 0.4, label="thresholded")
-    labelled = class_counts is not None and C <= 20
-    ax.set(xlabel="class" + (" (training examples)" if labelled else ""), ylabel="recall (%)", ylim=(0, 100),
-           title="per-class recall on the balanced test set")
-    if labelled:
-        ax.set_xticks(x, [f"{c}\n({n})" for c, n in enumerate(class_counts)])
-    ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0))
-    fig.savefig(path, dpi=80)
 
 
 # --------------------------------------------------------------------------- the tracker
@@ -236,10 +191,10 @@ class Tracker:
                 doc = {"config": dataclasses.asdict(config), "sweep": self.sweep, "trial_key": key,
                        "pack_id": str(pack_id), **result}
                 (tmp / "result.json").write_text(dumps(doc))
-                confusion_figure(tmp / "confusion_matrix.png", result["confusion_matrix"],
-                                 result["confusion_matrix_thresholded"])
-                recall_figure(tmp / "per_class_recall.png", result["recall"], result["recall_thresholded"],
-                              result.get("class_counts"))
+                confusion_png(tmp / "confusion_matrix.png", result["confusion_matrix"],
+                              result["confusion_matrix_thresholded"])
+                recall_png(tmp / "per_class_recall.png", result["recall"], result["recall_thresholded"],
+                           result.get("class_counts"))
                 self.client.log_artifacts(run_id, str(tmp))
         except BaseException:
             self.client.set_terminated(run_id, "FAILED")
