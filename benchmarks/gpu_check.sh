@@ -9,5 +9,5 @@ out="${OUT:-gpu-check}"; mkdir -p "$out"
 bash scripts/setup.sh > "$out/setup.log" 2>&1 || { tail -20 "$out/setup.log"; exit 1; }
 nvidia-smi > "$out/nvidia-smi.txt" 2>&1
 timeout 120 .venv/bin/python -m pytest -q -m gpu tests 2>&1 | tee "$out/gpu-tests.log" | tail -5
-timeout 360 .venv/bin/python benchmarks/grid_throughput.py --device cuda --iterations 1000 --repetitions 4 \
+timeout 420 .venv/bin/python benchmarks/grid_throughput.py --device cuda --iterations 1000 --repetitions 2 \
     2>&1 | tee "$out/grid_throughput_cuda.log" | tail -12
