@@ -37,7 +37,7 @@ import torch
 from imbalance_core import datasets as D
 from imbalance_core import preprocess as P
 from imbalance_core.imbalance import make_subset
-from imbalance_core.loaders import ArrayData, ArrayDataset, TensorLoader
+from imbalance_core.loaders import ArrayData, InMemoryDataset, TensorLoader
 from imbalance_core.sampling import SamplingPlan
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -90,7 +90,7 @@ def bench_arrays(name: str, ds, train: ArrayData, args, F) -> list[tuple]:
     plan = SamplingPlan(sub, ds.train_y, "ros", seed=0)
     # baseline: DataLoader + WeightedRandomSampler over the subset's tensors, same workers
     idx = torch.from_numpy(sub.indices)
-    base_ds = ArrayDataset(train.x[idx], train.y[idx])
+    base_ds = InMemoryDataset(train.x[idx], train.y[idx])
     dl = torch.utils.data.DataLoader(base_ds, batch_size=B, num_workers=args.workers, drop_last=True,
                                      sampler=ros_sampler(ds.train_y[sub.indices], 1 << 20))
     rows = [("baseline", _Finished(dl, train.to_input), 3, 0.0),

@@ -4,7 +4,7 @@ The only module of the package that imports ffcv (imported lazily by trial.py fo
 
 What is written (one .beton per dataset and split, fields 'image' and 'label'):
   mnist, mnist-sample  raw uint8 pixels, NDArrayField (1, 28, 28); the loader scales by 1/256 (Caffe)
-  cifar10              GCN + ZCA float32 arrays (preprocess.cifar_whitened, ZCA fitted on the full
+  cifar10              GCN + ZCA float32 arrays (preprocess.cifar_whitened_of, ZCA fitted on the full
                        training set), NDArrayField (3, 32, 32); the loader serves them as they are
   imagenet             JPEG (quality 90, FFCV's RGBImageField), each image resized *before writing* so
                        that its shorter side is 256 (torchvision Resize(256) on the PIL image, the same
@@ -64,7 +64,7 @@ import numpy as np
 import torch
 
 from . import datasets as D
-from .preprocess import IMAGENET_MEAN, IMAGENET_STD, cifar_whitened, scale_256
+from .preprocess import IMAGENET_MEAN, IMAGENET_STD, cifar_whitened_of, scale_256
 from .sampling import SamplingPlan
 
 _TORCH_THREADS = torch.get_num_threads()
@@ -275,7 +275,7 @@ def _write(ds, split: str, dest: Path, num_workers: int) -> None:
         chunk = 16
     else:
         if ds.name == "cifar10":
-            tr, te = cifar_whitened(ds.train_x, ds.test_x)
+            tr, te = cifar_whitened_of(ds)
             x = tr if split == "train" else te
             fields = {"image": NDArrayField(np.dtype("<f4"), tuple(x.shape[1:])), "label": IntField()}
         else:

@@ -97,7 +97,7 @@ class TorchLoader:
             yield self.to_input(xs), ys
 
 
-class ArrayDataset(torch.utils.data.Dataset):
+class InMemoryDataset(torch.utils.data.Dataset):
     """Map-style view of in-memory arrays (for the torch backend)."""
 
     def __init__(self, x: torch.Tensor, y: torch.Tensor):

@@ -24,7 +24,7 @@ import torch
 from . import datasets as D
 from . import frozen
 from .imbalance import PROFILES, class_counts, make_subset
-from .loaders import BACKENDS, ArrayDataset, TensorLoader, TorchLoader, eval_batches
+from .loaders import BACKENDS, InMemoryDataset, TensorLoader, TorchLoader, eval_batches
 from .metrics import evaluate
 from .models import MODEL_FOR_DATASET, MODELS, build_model
 from .preprocess import ImageFiles, array_data, imagenet_transforms
@@ -139,7 +139,7 @@ def _loader(backend: str, ds, train_data, plans, schedule: Schedule, device, ite
             dataset = ImageFiles(ds.train_files, ds.train_y, imagenet_transforms(train=True))
             workers = min(4, os.cpu_count() or 1)
             return TorchLoader(dataset, plans, schedule.batch_size, iterations, device, num_workers=workers)
-        return TorchLoader(ArrayDataset(train_data.x, train_data.y), plans, schedule.batch_size, iterations,
+        return TorchLoader(InMemoryDataset(train_data.x, train_data.y), plans, schedule.batch_size, iterations,
                            device, to_input=train_data.to_input)
     if backend == "ffcv":
         from . import ffcv_data

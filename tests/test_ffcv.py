@@ -152,19 +152,24 @@ def test_plans_must_index_the_written_training_set(mnist, cache):
 # --------------------------------------------------------------------------- pipelines
 
 def test_cifar_shapes_and_values(shared_data, tmp_path, monkeypatch):
-    """The cifar10 beton holds exactly preprocess.cifar_whitened's arrays, served as (K, B, 3, 32, 32).
+    """The cifar10 beton holds exactly preprocess.cifar_whitened's arrays, served as (K, B, 3, 32, 32);
+    the whitening is computed once per process for the beton and the trial's arrays together.
 
     ZCA's 3072x3072 eigendecomposition takes minutes on a loaded 2-core runner, so here a cheap stand-in
     (GCN only) replaces it; the writer and loader are what is tested, whitening is preprocess's.
     """
     from imbalance_core import preprocess
     ds = D.load_dataset("cifar10", shared_data / "cifar10")
+    calls = []
 
     def cheap(train_x, test_x):
+        calls.append(len(train_x))
         return (preprocess.gcn(train_x.reshape(len(train_x), -1)).reshape(train_x.shape),
                 preprocess.gcn(test_x.reshape(len(test_x), -1)).reshape(test_x.shape))
-    monkeypatch.setattr(F, "cifar_whitened", cheap)
-    tr_x, te_x = cheap(ds.train_x, ds.test_x)
+    monkeypatch.setattr(preprocess, "cifar_whitened", cheap)
+    monkeypatch.setattr(preprocess, "_LAST_WHITENED", [])
+    tr_x, te_x = cheap(ds.train_x, ds.test_x)                    # the reference arrays
+    calls.clear()
     tr = ArrayData(torch.from_numpy(tr_x), torch.from_numpy(ds.train_y), lambda t: t)
     sub = make_subset(ds.train_y, "cifar10", "step", 500, 10, 0.5, seed=0)
     plans = [SamplingPlan(sub, ds.train_y, "ros", seed=s) for s in (0, 1)]
@@ -175,6 +180,9 @@ def test_cifar_shapes_and_values(shared_data, tmp_path, monkeypatch):
         assert torch.equal(x, x2) and torch.equal(y, y2)
         n += 1
     assert n == 3
+    train_arrays, _ = preprocess.array_data(ds)                  # what a trial's tensor loader serves
+    assert torch.equal(train_arrays.x, tr.x)
+    assert calls == [len(ds.train_x)]                            # one whitening for all of it
 
 
 def _check_imagenet_test_batches(ds, cache_dir):
