@@ -140,11 +140,15 @@ def test_fake_provider_config_is_the_yamls_node_types(cfg):
 
 @pytest.fixture(scope="module")
 def ray_env():
-    """Local test clusters: no token auth, Ray's address file etc. in a temp dir of our own."""
+    """Local test clusters: token auth with the local default token (~/.ray/auth_token, made if missing),
+    Ray's address file etc. in a temp dir of our own."""
     saved = {k: os.environ.get(k) for k in ("RAY_AUTH_MODE", "RAY_TMPDIR", "RAY_USAGE_STATS_ENABLED")}
     tmp = tempfile.mkdtemp(prefix="rct_", dir="/tmp")
     os.makedirs(os.path.join(tmp, "ray"), exist_ok=True)
-    os.environ.update(RAY_AUTH_MODE="disabled", RAY_TMPDIR=tmp, RAY_USAGE_STATS_ENABLED="0")
+    os.environ.update(RAY_AUTH_MODE="token", RAY_TMPDIR=tmp, RAY_USAGE_STATS_ENABLED="0")
+    _refresh_ray_config()
+    from ray._private.authentication.authentication_token_setup import ensure_token_if_auth_enabled
+    ensure_token_if_auth_enabled(create_token_if_missing=True)
     yield tmp
     shutil.rmtree(tmp, ignore_errors=True)
     for k, v in saved.items():
@@ -152,6 +156,16 @@ def ray_env():
             os.environ.pop(k, None)
         else:
             os.environ[k] = v
+    _refresh_ray_config()
+
+
+def _refresh_ray_config() -> None:
+    """Make this process see RAY_AUTH_MODE as it is now. Ray caches the mode (and the token) per process:
+    an earlier local ray.init() here (tests/test_full_grid.py) switches token auth on, and a test cluster
+    started without token auth after it had every actor of this driver die. So the test clusters use
+    token auth too, with the same default token."""
+    from ray._raylet import Config
+    Config.initialize("")
 
 
 @pytest.fixture(scope="module")
