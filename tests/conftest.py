@@ -1,9 +1,11 @@
 """Shared pytest fixtures."""
+import os
 from pathlib import Path
 
 import pytest
 
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / 'shared' / 'data'
+# ../shared/data beside the repository; IMBALANCE_SHARED_DATA points elsewhere (benchmarks/gpu_check.sh)
+SHARED_DATA = Path(os.environ.get('IMBALANCE_SHARED_DATA') or Path(__file__).resolve().parents[1].parent / 'shared' / 'data')
 
 
 @pytest.fixture(scope='session')
