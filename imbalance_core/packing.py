@@ -20,6 +20,15 @@ MAX_STACK = 256
 # x2 margin applied below): LeNet-5 ~40 KB, All-CNN-C ~2.5 MB, ResNet-10 at 224 ~30 MB
 BYTES_PER_IMAGE = {"lenet5": 40e3, "allcnnc": 2.5e6, "resnet10": 30e6}
 PARAM_BYTES = {"lenet5": 431_080 * 4 * 4, "allcnnc": 1_369_738 * 4 * 4, "resnet10": 5_417_128 * 4 * 4}
+# two-phase on cached features (imbalance_core/frozen.py): at most every MNIST training image x 500 fc1
+# features x 4 bytes per network (counted for every network of the pack: an upper bound)
+CACHE_BYTES = {"lenet5": 60_000 * 500 * 4}
+
+
+def stack_size(model: str, batch_size: int, free_bytes: float) -> int:
+    """Networks one GPU stacks: 60% of its free memory over the per-network estimate (x2 margin), <= MAX_STACK."""
+    per_net = 2 * (BYTES_PER_IMAGE[model] * batch_size + PARAM_BYTES[model]) + CACHE_BYTES.get(model, 0)
+    return int(max(1, min(MAX_STACK, (0.6 * free_bytes) // per_net)))
 
 
 def auto_pack_size(model: str, batch_size: int, device: str | torch.device = "cpu") -> int:
@@ -28,5 +37,4 @@ def auto_pack_size(model: str, batch_size: int, device: str | torch.device = "cp
     if device.type != "cuda":
         return CPU_PACK
     free, _ = torch.cuda.mem_get_info(device)
-    per_net = 2 * (BYTES_PER_IMAGE[model] * batch_size + PARAM_BYTES[model])
-    return int(max(1, min(MAX_STACK, (0.6 * free) // per_net)))
+    return stack_size(model, batch_size, free)
