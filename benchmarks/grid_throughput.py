@@ -100,6 +100,8 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     if "plain" not in a.ways:
         ap.error("--ways needs plain: every ratio is against it")
+    if a.plain_seeds is not None and a.plain_seeds < 1:
+        ap.error(f"--plain-seeds {a.plain_seeds} is not allowed: need an integer >= 1 (or leave it out: all seeds)")
     device = resolve_device(a.device).type
     configs = slice_configs(a.data_dir, a.iterations, a.repetitions, device, a.rho)
     n, images = len(configs), sum(images_of(c) for c in configs)
