@@ -5,8 +5,8 @@ When every layer below them is deterministic in training mode (no dropout, no ba
 declares `cacheable_features`) and the inputs are not augmented (the in-memory arrays of the
 `tensor` loader), the frozen layers map an image to the same features at every iteration. So the
 features of each training image the phase will draw, and of the test set, are computed once, and
-the head alone trains on them: the same batches, the same SGD steps (weight decay and momentum on
-the head only, as in the full network), without 10,000 repeated forward passes through the frozen
+the head alone trains on them: the same batches, the same SGD steps (weight decay, momentum and the
+bias lr multiplier on the head only, as in the full network), without 10,000 repeated forward passes through the frozen
 layers. Results equal full fine-tuning up to floating-point reassociation (tests/test_trial.py).
 Measured (benchmarks/phase2_cache.py, one CPU thread, 10,000 iterations, a 25,025-image subset): whole
 network 127.2 s, cached features 17.4 s (7.3x), identical test scores. At a few hundred iterations, fewer
@@ -83,7 +83,7 @@ def finetune_heads(models: list[torch.nn.Module], plans: list[SamplingPlan], tra
     scores: list = [None] * len(models)
     stats: list = [None] * len(models)
     for g in groups:
-        nets = StackedNets([heads[k] for k in g], device)
+        nets = StackedNets([heads[k] for k in g], device, bias_lr_mult=getattr(models[0], "bias_lr_mult", 1.0))
         loader = TensorLoader(data, [plans[k] for k in g], B, T, remap=[tables[k] for k in g])
         st = train(nets, loader, schedule, lr_scale=lr_scale)
         nets.train(False)

@@ -14,9 +14,12 @@ The models use no in-place operations, so that ``torch.func.stack_module_state``
 copies at once (LeNet5 and AllCNNC are tested for this; ResNet10 has BatchNorm, whose
 running-statistics update needs extra care under vmap).
 
-Initialisation (as the paper):
+Initialisation (as the paper, in Caffe's terms: STUDY.md, "How Caffe ran it"):
 
-* LeNet5, AllCNNC: Xavier-uniform (Glorot) weights, zero biases.
+* LeNet5, AllCNNC: Caffe's ``xavier`` filler, U(-a, a) with a = sqrt(3 / fan_in) (fan-in only, Caffe's
+  default ``variance_norm``; not PyTorch's ``xavier_uniform_``, which averages fan-in and fan-out), zero
+  biases. ``bias_lr_mult``: LeNet-5's biases train at 2x the learning rate (``lr_mult: 2`` in Caffe's LeNet
+  example); All-CNN-C at 1x (the authors' prototxt, mateuszbuda/ALL-CNN). Weight decay applies to both.
 * ResNet10: Kaiming-normal (fan_out, relu) convolutions, BatchNorm weight 1 / bias 0, and the
   final fc with PyTorch's *default* weight init (uniform in +-1/sqrt(fan_in), the same law as
   Torch7's nn.Linear used by fb.resnet.torch) and a zero bias.
@@ -40,14 +43,23 @@ __all__ = [
     "last_layer_parameters",
     "freeze_all_but_last",
     "count_parameters",
+    "caffe_xavier_bound",
+    "param_lr_mults",
 ]
 
 
+def caffe_xavier_bound(weight: torch.Tensor) -> float:
+    """Caffe's ``xavier`` filler bound a = sqrt(3 / fan_in); fan_in = inputs per output (in x kh x kw)."""
+    fan_in = weight[0].numel()
+    return math.sqrt(3.0 / fan_in)
+
+
 def _xavier_zero(module: nn.Module, generator: torch.Generator | None = None) -> None:
-    """Xavier-uniform weights and zero biases on every Conv2d / Linear inside ``module``."""
+    """Caffe-xavier weights U(-a, a), a = sqrt(3 / fan_in), and zero biases on every Conv2d / Linear."""
     for m in module.modules():
         if isinstance(m, (nn.Conv2d, nn.Linear)):
-            nn.init.xavier_uniform_(m.weight, generator=generator)
+            a = caffe_xavier_bound(m.weight)
+            nn.init.uniform_(m.weight, -a, a, generator=generator)
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
 
@@ -59,6 +71,7 @@ class LeNet5(nn.Module):
     """
 
     last_layers: tuple[str, ...] = ("fc2",)
+    bias_lr_mult: float = 2.0     # Caffe's lenet_train_test.prototxt: lr_mult 1 for weights, 2 for biases
     # Every layer below `last_layers` is deterministic in training mode (no dropout, no batch norm), so
     # phase 2 of two-phase training may run on features computed once (imbalance_core/frozen.py).
     cacheable_features: bool = True
@@ -101,6 +114,7 @@ class AllCNNC(nn.Module):
     """
 
     last_layers: tuple[str, ...] = ("conv8", "conv9")
+    bias_lr_mult: float = 1.0     # the authors' All-CNN-C prototxt: lr_mult 1 everywhere
 
     def __init__(self, num_classes: int = 10) -> None:
         super().__init__()
@@ -177,6 +191,7 @@ class ResNet10(nn.Module):
     """
 
     last_layers: tuple[str, ...] = ("fc",)
+    bias_lr_mult: float = 1.0
 
     def __init__(self, num_classes: int = 1000) -> None:
         super().__init__()
@@ -278,6 +293,19 @@ def freeze_all_but_last(model: nn.Module) -> None:
         p.requires_grad_(False)
     for p in last_layer_parameters(model):
         p.requires_grad_(True)
+
+
+def param_lr_mults(names, bias_lr_mult: float) -> list[float]:
+    """Learning-rate multiplier of each parameter name: ``bias_lr_mult`` for Conv/Linear biases, else 1.
+
+    BatchNorm parameters (ResNet-10's ``bn*``) are not Caffe biases and keep 1x.
+    """
+    out = []
+    for n in names:
+        leaf, owner = n.rsplit(".", 1)[-1], n.rsplit(".", 1)[0] if "." in n else ""
+        is_bn = owner.split(".")[-1].startswith("bn")
+        out.append(float(bias_lr_mult) if leaf == "bias" and not is_bn else 1.0)
+    return out
 
 
 def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:

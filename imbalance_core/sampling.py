@@ -1,7 +1,13 @@
-"""Sampling plans: what each method trains on, as per-class targets re-drawn every epoch.
+"""Sampling plans: what each method trains on, drawn once per network and reshuffled every epoch.
 
 A plan never copies data: an epoch is an array of indices into the full training arrays
 (repeats allowed, which is how ROS oversamples). Every loader backend consumes the same plan.
+
+As Caffe ran the study (STUDY.md, "How Caffe ran it"), a resampled training set is made once per
+network and then read epoch after epoch: RUS keeps the same few majority examples for the whole run,
+ROS the same replicated copies, and so do partial ROS/RUS and the first phase of two-phase methods.
+`SamplingPlan.kept` is that set, drawn once from (seed, stream_id); `epoch(e)` is a permutation of it.
+Only `weighted` draws afresh every epoch (torch's WeightedRandomSampler semantics, not a paper method).
 
 Methods (STUDY.md "Methods"):
   baseline       the imbalanced subset as it is
@@ -16,6 +22,7 @@ Thresholding is not a sampling method: it is a metric of any trained network (me
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -74,7 +81,7 @@ def _class_draw(pool: np.ndarray, target: int, rng: np.random.Generator) -> np.n
 
 @dataclass(frozen=True)
 class SamplingPlan:
-    """One network's training stream for one phase: per-class draws, re-drawn per epoch from `seed`."""
+    """One network's training stream for one phase: a set drawn once from `seed`, reshuffled per epoch."""
     subset: Subset
     labels: np.ndarray                 # labels of the full training arrays
     sampler: str = "baseline"
@@ -109,19 +116,27 @@ class SamplingPlan:
         sub_labels = self.labels[self.subset.indices]
         return [self.subset.indices[sub_labels == c] for c in range(len(self.subset.counts))]
 
+    @functools.cached_property
+    def kept(self) -> np.ndarray:
+        """The network's training set for this phase (repeats = ROS copies), drawn once from (seed, stream_id).
+
+        Class by class in label order, unshuffled; `epoch` permutes it. `weighted` has no fixed set.
+        """
+        if self.sampler == "weighted":
+            raise ValueError("sampler 'weighted' draws a new set every epoch; it has no fixed kept set")
+        if self.sampler == "baseline":
+            return self.subset.indices
+        rng = np.random.default_rng([int(self.seed), int(self.stream_id), 0x5E7])
+        return np.concatenate([_class_draw(p, t, rng) for p, t in zip(self._pools(), self.counts)])
+
     def epoch(self, epoch: int) -> np.ndarray:
-        """The shuffled indices of epoch `epoch` (deterministic in seed and epoch)."""
+        """The shuffled indices of epoch `epoch`: a permutation of `kept` (deterministic in seed and epoch)."""
         rng = np.random.default_rng([int(self.seed), int(self.stream_id), 0x5A3, int(epoch)])
         if self.sampler == "weighted":
             idx = self.subset.indices
             w = np.asarray(self.class_weights, dtype=np.float64)[self.labels[idx]]
             return rng.choice(idx, size=len(idx), replace=True, p=w / w.sum())
-        pools = self._pools()
-        if self.sampler == "baseline":
-            out = self.subset.indices
-        else:
-            out = np.concatenate([_class_draw(p, t, rng) for p, t in zip(pools, self.counts)])
-        return rng.permutation(out)
+        return rng.permutation(self.kept)
 
     def stream(self, start_epoch: int = 0) -> "IndexStream":
         return IndexStream(self, start_epoch)

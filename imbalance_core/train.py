@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call, stack_module_state, vmap
 
+from .models import param_lr_mults
+
 
 @dataclass(frozen=True)
 class Schedule:
@@ -72,8 +74,12 @@ def schedule_for(dataset: str, iterations: int | None = None, base_lr: float | N
 class StackedNets:
     """K networks of one architecture as stacked parameters; forward maps (K, B, ...) -> (K, B, C)."""
 
-    def __init__(self, models: list[torch.nn.Module], device, channels_last: bool = False):
+    def __init__(self, models: list[torch.nn.Module], device, channels_last: bool = False,
+                 bias_lr_mult: float | None = None):
+        """bias_lr_mult: lr multiplier of Conv/Linear biases (default: the model class's, Caffe's lr_mult)."""
         self.K = len(models)
+        self.bias_lr_mult = float(getattr(models[0], "bias_lr_mult", 1.0) if bias_lr_mult is None
+                                  else bias_lr_mult)
         self.device = torch.device(device)
         self.channels_last = channels_last
         self.template = copy.deepcopy(models[0]).to(self.device)
@@ -105,10 +111,21 @@ class StackedNets:
         return self._call(self.params, self.buffers, x)
 
     def parameters(self, only_last: bool = False) -> list[torch.Tensor]:
+        return [self.params[n] for n in self._names(only_last)]
+
+    def _names(self, only_last: bool) -> list[str]:
         names = [n for n in self.params if not only_last or n.split(".")[0] in self.last_layers]
         if only_last and not names:
             raise ValueError("this model declares no last_layers to fine-tune")
-        return [self.params[n] for n in names]
+        return names
+
+    def param_groups(self, only_last: bool = False) -> list[dict]:
+        """SGD parameter groups by Caffe lr_mult: weights 1x, biases `bias_lr_mult` (decay applies to both)."""
+        names = self._names(only_last)
+        groups: dict[float, list[torch.Tensor]] = {}
+        for n, mult in zip(names, param_lr_mults(names, self.bias_lr_mult)):
+            groups.setdefault(mult, []).append(self.params[n])
+        return [{"params": ps, "lr_mult": mult} for mult, ps in groups.items()]
 
     def set_trainable(self, only_last: bool) -> None:
         for n, p in self.params.items():
@@ -138,14 +155,14 @@ def train(nets: StackedNets, loader, schedule: Schedule, lr_scale: float = 1.0, 
     """Run `schedule` on all K networks; `loader` yields (x (K,B,...), y (K,B)) `schedule.iterations` times."""
     nets.set_trainable(only_last)
     nets.train(True)
-    opt = torch.optim.SGD(nets.parameters(only_last), lr=schedule.base_lr * lr_scale,
+    opt = torch.optim.SGD(nets.param_groups(only_last), lr=schedule.base_lr * lr_scale,
                           momentum=schedule.momentum, weight_decay=schedule.weight_decay)
     K, t0, done, images, loss_k = nets.K, time.perf_counter(), 0, 0, None
     for x, y in loader:
         if done >= schedule.iterations:
             break
         for g in opt.param_groups:
-            g["lr"] = schedule.lr(done) * lr_scale
+            g["lr"] = schedule.lr(done) * lr_scale * g["lr_mult"]
         logits = nets(x)                                                  # (K, B, C)
         loss_k = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none").view(K, -1).mean(1)
         opt.zero_grad(set_to_none=True)

@@ -99,6 +99,9 @@ def load_runs(tracking_uri: str, sweep_name: str) -> tuple[str, list[dict]]:
             "level": _num(p("level")),
             "lr": _num(p("lr")),
             "seed": _num(p("seed")),
+            "iterations": _num(p("iterations")),
+            "batch_size": _num(p("batch_size")),
+            "n_per_class": _num(p("n_per_class")),
             **metrics,
         })
     return exp.experiment_id, runs

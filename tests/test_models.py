@@ -153,21 +153,40 @@ def test_count_parameters_trainable_only():
 
 
 @pytest.mark.parametrize("cls", [LeNet5, AllCNNC])
-def test_xavier_init(cls):
+def test_caffe_xavier_init(cls):
+    """Caffe's xavier filler: U(-a, a), a = sqrt(3 / fan_in), fan_in = in_channels x kh x kw; zero biases."""
     m = cls()
     n = 0
-    for mod in m.modules():
+    for name, mod in m.named_modules():
         if isinstance(mod, (nn.Conv2d, nn.Linear)):
             w = mod.weight
-            rf = w[0, 0].numel()  # receptive field (1 for Linear)
-            fan_in, fan_out = w.shape[1] * rf, w.shape[0] * rf
-            bound = math.sqrt(6.0 / (fan_in + fan_out))
-            assert w.abs().max().item() <= bound + 1e-7
-            # Xavier-uniform, not PyTorch default (which is narrower): spread fills the bound.
-            assert w.abs().max().item() > 0.9 * bound
+            fan_in = w.shape[1] * (w.shape[2] * w.shape[3] if w.dim() == 4 else 1)
+            bound = math.sqrt(3.0 / fan_in)
+            assert w.abs().max().item() <= bound + 1e-7, name
+            assert w.abs().max().item() > 0.9 * bound, name          # the spread fills the bound
+            if w.numel() >= 10_000:                                  # uniform: std = a / sqrt(3) = 1 / sqrt(fan_in)
+                assert abs(w.std().item() * math.sqrt(fan_in) - 1) < 0.05, name
             assert torch.count_nonzero(mod.bias) == 0
             n += 1
     assert n == {LeNet5: 4, AllCNNC: 9}[cls]
+    # not PyTorch's xavier_uniform_ (fan-in and fan-out averaged): LeNet-5's conv1 would be bounded by
+    # sqrt(6 / (25 + 500)) = 0.107; Caffe's bound is sqrt(3 / 25) = 0.346
+    if cls is LeNet5:
+        assert m.conv1.weight.abs().max().item() > 0.3
+
+
+def test_bias_lr_multipliers():
+    """Caffe's LeNet example trains biases at 2x the base lr; All-CNN-C (authors' prototxt) and ResNet-10 1x;
+    batch-norm parameters are never 'biases'."""
+    from imbalance_core.models import param_lr_mults
+    names = [n for n, _ in LeNet5().named_parameters()]
+    assert dict(zip(names, param_lr_mults(names, LeNet5.bias_lr_mult))) == {
+        "conv1.weight": 1.0, "conv1.bias": 2.0, "conv2.weight": 1.0, "conv2.bias": 2.0,
+        "fc1.weight": 1.0, "fc1.bias": 2.0, "fc2.weight": 1.0, "fc2.bias": 2.0}
+    assert AllCNNC.bias_lr_mult == 1.0 and ResNet10.bias_lr_mult == 1.0
+    names = [n for n, _ in ResNet10(num_classes=10).named_parameters()]
+    assert set(param_lr_mults(names, 2.0)[i] for i, n in enumerate(names) if ".bn" in n or n.startswith("bn")) == {1.0}
+    assert param_lr_mults(["fc.bias", "bias", "weight"], 2.0) == [2.0, 2.0, 1.0]
 
 
 def test_resnet10_init():
@@ -294,3 +313,32 @@ def test_vmap_grad_lenet5():
         nn.functional.cross_entropy(m(x), y).backward()
         for n, p in m.named_parameters():
             torch.testing.assert_close(grads[n][i], p.grad, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("K,only_last", [(1, False), (2, False), (1, True)])
+def test_train_step_applies_caffe_lr_mults(K, only_last):
+    """One SGD step from rest: every parameter moves by -lr x lr_mult x (grad + wd x w); LeNet biases 2x."""
+    import copy
+
+    import torch.nn.functional as F
+
+    from imbalance_core.train import Schedule, StackedNets, train
+    models = [build_model("lenet5", 10, seed=s) for s in range(K)]
+    gen = torch.Generator().manual_seed(0)
+    x, y = torch.rand(K, 8, 1, 28, 28, generator=gen), torch.randint(0, 10, (K, 8), generator=gen)
+    refs = [copy.deepcopy(m) for m in models]
+    sched = Schedule(1, 8, 0.01, 0.9, 5e-4, "inv", gamma=1e-4)
+    nets = StackedNets(models, "cpu")
+    train(nets, [(x, y)], sched, only_last=only_last)
+    after = nets.state_dicts()
+    for k, ref in enumerate(refs):
+        loss = F.cross_entropy(ref(x[k]), y[k])
+        names, params = zip(*ref.named_parameters())
+        grads = torch.autograd.grad(loss, params)
+        for n, p0, g in zip(names, params, grads):
+            trained = not only_last or n.startswith("fc2.")
+            mult = (2.0 if n.endswith("bias") else 1.0) if trained else 0.0
+            expected = p0.detach() - 0.01 * mult * (g + 5e-4 * p0.detach())
+            assert torch.allclose(after[k][n], expected, atol=1e-6, rtol=1e-5), (k, n)
+            if trained and n.endswith("bias") and g.abs().max() > 1e-4:     # 1x would miss by half the step
+                assert not torch.allclose(after[k][n], p0.detach() - 0.01 * (g + 5e-4 * p0.detach()), atol=1e-7)

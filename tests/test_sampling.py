@@ -81,14 +81,68 @@ def test_ros_non_multiple(labels):
         assert len(uniq) == 7 and sorted(times.tolist()) == [14] * 5 + [15] * 2
 
 
-def test_rus_draws_without_replacement_and_redraws(labels, small):
+def test_rus_draws_without_replacement_once_per_network(labels, small):
+    """Caffe's RUS: one database per network, so the same majority examples every epoch (order reshuffled)."""
     plan = SamplingPlan(small, labels, "rus", seed=0)
     e0, e1 = plan.epoch(0), plan.epoch(1)
     assert len(np.unique(e0)) == len(e0) == 100
-    maj0 = set(e0[labels[e0] >= 5].tolist())
-    maj1 = set(e1[labels[e1] >= 5].tolist())
-    assert maj0 != maj1                                   # majority examples re-drawn every epoch
+    assert not np.array_equal(e0, e1)                     # reshuffled ...
+    assert set(e0.tolist()) == set(e1.tolist()) == set(plan.kept.tolist())   # ... but the same examples
     assert set(e0[labels[e0] < 5].tolist()) == set(small.indices[labels[small.indices] < 5].tolist())
+    other = SamplingPlan(small, labels, "rus", seed=1)   # another network's seed keeps other majority examples
+    assert set(other.kept[labels[other.kept] >= 5].tolist()) != set(e0[labels[e0] >= 5].tolist())
+
+
+def _seen_over(plan: SamplingPlan, draws: int) -> np.ndarray:
+    """Distinct examples a network sees in `draws` training draws (batches crossing epochs, as training does)."""
+    gen = plan.batches(64)
+    return np.unique(np.concatenate([next(gen) for _ in range(-(-draws // 64))]))
+
+
+def test_rus_at_rho_1000_sees_only_its_fixed_subset_over_the_run():
+    """MNIST step rho 1000 mu 0.5 on the real label layout: RUS keeps 5 per class = 50 images, and 2,000
+    iterations of batch 64 (2,560 epochs of 50) never show the network a 51st image."""
+    labels = synthetic_labels(5000)
+    sub = make_subset(labels, "mnist", "step", 5000, rho=1000, mu=0.5, seed=0)
+    assert sorted(sub.counts) == [5] * 5 + [5000] * 5
+    plan = SamplingPlan(sub, labels, "rus", seed=0, stream_id=1)
+    seen = _seen_over(plan, 2000 * 64)
+    assert len(seen) == 50 and set(seen.tolist()) == set(plan.kept.tolist())
+    assert np.bincount(labels[seen], minlength=10).tolist() == [5] * 10
+    assert set(seen.tolist()) <= set(sub.indices.tolist())
+    # the same holds for partial RUS: level 10 caps the majority at 50 each -> 5 x 5 + 5 x 50 = 275 images
+    part = SamplingPlan(sub, labels, "partial-rus", level=10, seed=0, stream_id=1)
+    seen = _seen_over(part, 1000 * 64)
+    assert len(seen) == 275 and set(seen.tolist()) == set(part.kept.tolist())
+    assert sorted(np.bincount(labels[seen], minlength=10).tolist()) == [5] * 5 + [50] * 5
+
+
+@pytest.mark.parametrize("sampler,level", [("ros", None), ("partial-ros", 10)])
+def test_ros_copies_fixed_per_network(labels, rho1000, sampler, level):
+    """ROS replicates the same copies every epoch: 5000 = 1000 whole copies of each of 5 minority examples,
+    so the multiset is fixed; partial ROS to level 10 needs 500 = 100 copies each. The remainder part of a
+    non-multiple target is drawn once too (test_ros_non_multiple_remainder_fixed)."""
+    plan = SamplingPlan(rho1000, labels, sampler, level=level, seed=3)
+    for e in (0, 1, 7):
+        assert np.array_equal(np.sort(plan.epoch(e)), np.sort(plan.kept))
+
+
+def test_ros_non_multiple_remainder_fixed(labels):
+    """7 -> 100: 14 whole copies + 2 extra examples, and the same 2 extra examples in every epoch."""
+    idx = np.sort(np.concatenate([np.flatnonzero(labels == 0)[:7], np.flatnonzero(labels == 1)[:100]]))
+    lab = np.full_like(labels, -1)
+    lab[idx] = labels[idx]
+    plan = SamplingPlan(Subset(indices=idx, counts=(7, 100)), lab, "ros", seed=0)
+    extra = []
+    for e in range(5):
+        uniq, times = np.unique(plan.epoch(e)[lab[plan.epoch(e)] == 0], return_counts=True)
+        extra.append(tuple(uniq[times == 15].tolist()))
+    assert len(extra[0]) == 2 and len(set(extra)) == 1
+
+
+def test_weighted_has_no_fixed_set(labels, small):
+    with pytest.raises(ValueError, match="weighted"):
+        SamplingPlan(small, labels, "weighted", class_weights=(1.0,) * 10).kept
 
 
 def test_rho_5000_ros_single_example(labels):
