@@ -56,6 +56,23 @@ def test_imagenet_preset_is_the_papers_table():
     assert {c.method for c in cs} == set(PAPER_METHODS) and len(cs) == 25
 
 
+def test_mnist_paper_preset_has_the_cells_the_published_run_needs():
+    """Issue 11's slice at the paper's length: every cell asked for, 3 repetitions, rho 1000 mu 0.5 first."""
+    cs = expand(PRESETS["mnist-paper"], DATA)
+    assert all(c.iterations is None and c.schedule.iterations == 10_000 for c in cs)
+    cells = Counter((c.imbalance, c.rho, c.mu if c.imbalance == "step" else None, c.method, c.level) for c in cs)
+    assert set(cells.values()) == {3}                                    # 3 repetitions everywhere
+    assert {c.seed for c in cs} == {0, 1, 2}
+    for imb, rho, mu in (("step", 10, .5), ("step", 1000, .5), ("step", 5000, .5), ("step", 1000, .9),
+                         ("linear", 1000, None)):
+        assert {m for (i, r, u, m, lv) in cells if (i, r, u, lv) == (imb, rho, mu, None)} == set(PAPER_METHODS)
+    assert {(m, lv) for (i, r, u, m, lv) in cells if lv is not None} == {
+        (m, float(lv)) for m in ("partial-ros", "partial-rus") for lv in (10, 100)}
+    assert ("balanced", 1.0, None, "baseline", None) in cells and len(cs) == 90
+    first = pack(cs, 5)[0]                                               # the cell the note reports runs first
+    assert {cell_of(c) for c in first} == {"mnist/step/rho1000/mu0.5"} and {c.seed for c in first} == {0}
+
+
 def test_quick_preset_is_a_small_real_grid():
     g = PRESETS["quick"]
     cs = expand(g)
