@@ -47,7 +47,7 @@ def main(argv=None) -> int:
                                            lr_scale=T.FINETUNE_LR_SCALE, only_last=True)
     whole = time.perf_counter() - t0
     t0 = time.perf_counter()
-    cached_scores, _ = frozen.finetune_heads([build_model("lenet5", 10, seed=0)], [plan()], train_data, test_data,
+    cached_scores, _, _ = frozen.finetune_heads([build_model("lenet5", 10, seed=0)], [plan()], train_data, test_data,
                                              schedule, cpu, T.FINETUNE_LR_SCALE, stack=False)
     cached = time.perf_counter() - t0
     print(f"phase 2, {a.iterations} iterations, subset {len(sub.indices)} images, 1 thread, "

@@ -15,7 +15,8 @@ import torch.nn.functional as F
 from imbalance_core.imbalance import make_subset
 from imbalance_core.metrics import evaluate
 from imbalance_core.models import build_model, freeze_all_but_last, last_layer_parameters
-from imbalance_core.sampling import SamplingPlan, phases
+from imbalance_core.methods import get as method_spec
+from imbalance_core.sampling import SamplingPlan
 from imbalance_core.trial import TrialConfig
 
 
@@ -45,7 +46,7 @@ def plain_network(config: TrialConfig, ds, device: str = "cpu") -> dict:
     t0 = time.perf_counter()
     x, y = torch.from_numpy(ds.train_x), torch.from_numpy(ds.train_y.astype(np.int64))
     sub = make_subset(ds.train_y, config.dataset, config.imbalance, config.n, config.rho, config.mu, config.seed)
-    steps = phases(config.method)
+    steps = [ph.sampler for ph in method_spec(config.method).phases]
     model = build_model("lenet5", 10, seed=config.seed).to(device)
     idx = torch.from_numpy(SamplingPlan(sub, ds.train_y, sampler=steps[0], level=config.level).epoch(0))
     _fit(model, model.parameters(), x, y, idx, config.schedule, device)

@@ -54,8 +54,10 @@ def features(model: torch.nn.Module, data: ArrayData, rows: np.ndarray | None = 
 def finetune_heads(models: list[torch.nn.Module], plans: list[SamplingPlan], train_data: ArrayData,
                    test_data: ArrayData, schedule: Schedule, device: torch.device, lr_scale: float,
                    stack: bool, test_features: list[torch.Tensor | None] | None = None
-                   ) -> tuple[np.ndarray, list[TrainStats]]:
-    """Fine-tune the heads of phase-1 `models` on their `plans`; (test scores (K, N, C), stats per network).
+                   ) -> tuple[np.ndarray, list[TrainStats], list[dict[str, torch.Tensor]]]:
+    """Fine-tune the heads of phase-1 `models` on their `plans`.
+
+    Returns (test scores (K, N, C), stats per network, the trained heads' state dicts (CPU tensors)).
 
     `stack`: train the K heads as one vmap-stacked model (CUDA) or one after another (CPU).
     `test_features[k]`: model k's test-set features if already computed (when phase 1 scored it).
@@ -82,6 +84,7 @@ def finetune_heads(models: list[torch.nn.Module], plans: list[SamplingPlan], tra
     groups = [list(range(len(models)))] if stack else [[k] for k in range(len(models))]
     scores: list = [None] * len(models)
     stats: list = [None] * len(models)
+    trained: list = [None] * len(models)
     for g in groups:
         nets = StackedNets([heads[k] for k in g], device, bias_lr_mult=getattr(models[0], "bias_lr_mult", 1.0))
         loader = TensorLoader(data, [plans[k] for k in g], B, T, remap=[tables[k] for k in g])
@@ -91,9 +94,9 @@ def finetune_heads(models: list[torch.nn.Module], plans: list[SamplingPlan], tra
             sc = [torch.softmax(nets(torch.stack([tests[k][s:s + 1000] for k in g])).float(), dim=-1).cpu()
                   for s in range(0, len(test_data.y), 1000)]
         sc = torch.cat(sc, dim=1).numpy()
-        for j, k in enumerate(g):
-            scores[k] = sc[j]
+        for j, (k, sd) in enumerate(zip(g, nets.state_dicts())):
+            scores[k], trained[k] = sc[j], sd
             stats[k] = TrainStats(st.iterations, st.images // len(g), st.seconds / len(g) + cache_share,
                                   [st.final_loss[j]])
-    return np.stack(scores), stats
+    return np.stack(scores), stats, trained
 

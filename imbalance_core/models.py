@@ -44,6 +44,9 @@ __all__ = [
     "freeze_all_but_last",
     "count_parameters",
     "caffe_xavier_bound",
+    "NormedLinear",
+    "use_cosine_head",
+    "reinit_last",
     "param_lr_mults",
 ]
 
@@ -72,6 +75,7 @@ class LeNet5(nn.Module):
 
     last_layers: tuple[str, ...] = ("fc2",)
     bias_lr_mult: float = 2.0     # Caffe's lenet_train_test.prototxt: lr_mult 1 for weights, 2 for biases
+    linear_head: bool = True      # the classifier is a Linear layer (a cosine head may replace it)
     # Every layer below `last_layers` is deterministic in training mode (no dropout, no batch norm), so
     # phase 2 of two-phase training may run on features computed once (imbalance_core/frozen.py).
     cacheable_features: bool = True
@@ -115,6 +119,7 @@ class AllCNNC(nn.Module):
 
     last_layers: tuple[str, ...] = ("conv8", "conv9")
     bias_lr_mult: float = 1.0     # the authors' All-CNN-C prototxt: lr_mult 1 everywhere
+    linear_head: bool = False     # the classifier is a 1x1 convolution before global pooling
 
     def __init__(self, num_classes: int = 10) -> None:
         super().__init__()
@@ -192,6 +197,7 @@ class ResNet10(nn.Module):
 
     last_layers: tuple[str, ...] = ("fc",)
     bias_lr_mult: float = 1.0
+    linear_head: bool = True
 
     def __init__(self, num_classes: int = 1000) -> None:
         super().__init__()
@@ -236,6 +242,59 @@ class ResNet10(nn.Module):
         return self.fc(x)
 
 
+class NormedLinear(nn.Module):
+    """Cosine classifier of LDAM-DRW (Cao et al. 2019, their `NormedLinear`): logits = cos(x, w_c) in [-1, 1].
+
+    Weight (out, in), no bias; initialised U(-1, 1) per row, then renormalised (their init, transposed).
+    """
+
+    def __init__(self, in_features: int, out_features: int) -> None:
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self.weight = nn.Parameter(torch.empty(out_features, in_features))
+        self.reset_parameters()
+
+    def reset_parameters(self, generator: torch.Generator | None = None) -> None:
+        nn.init.uniform_(self.weight, -1.0, 1.0, generator=generator)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.normalize(x, dim=-1) @ F.normalize(self.weight, dim=-1).transpose(-1, -2)
+
+
+HEADS = ("linear", "cosine")
+
+
+def _head_name(model: nn.Module) -> str:
+    """The attribute name of the model's classifier layer (the last of `last_layers`)."""
+    return model.last_layers[-1]
+
+
+def use_cosine_head(model: nn.Module) -> nn.Module:
+    """Replace the model's last Linear layer by a `NormedLinear` of the same shape (in place; returned)."""
+    name = _head_name(model)
+    old = getattr(model, name)
+    if not isinstance(old, nn.Linear):
+        raise ValueError(f"a cosine head needs a Linear last layer; {type(model).__name__}.{name} is "
+                         f"{type(old).__name__} (LeNet-5 and ResNet-10 have one, All-CNN-C does not)")
+    setattr(model, name, NormedLinear(old.in_features, old.out_features))
+    return model
+
+
+def reinit_last(model: nn.Module, seed: int) -> nn.Module:
+    """Re-initialise the classifier layer (the last of `last_layers`) as at construction, from `seed` (cRT)."""
+    layer = getattr(model, _head_name(model))
+    gen = torch.Generator().manual_seed(int(seed) + 0xC47)
+    if isinstance(layer, NormedLinear):
+        layer.reset_parameters(gen)
+    elif isinstance(model, ResNet10):
+        bound = 1.0 / math.sqrt(layer.in_features)
+        nn.init.uniform_(layer.weight, -bound, bound, generator=gen)
+        nn.init.zeros_(layer.bias)
+    else:
+        _xavier_zero(layer, gen)
+    return model
+
+
 MODELS: dict[str, type[nn.Module]] = {
     "lenet5": LeNet5,
     "allcnnc": AllCNNC,
@@ -250,7 +309,7 @@ MODEL_FOR_DATASET: dict[str, str] = {
 }
 
 
-def build_model(name: str, num_classes: int, seed: int | None = None) -> nn.Module:
+def build_model(name: str, num_classes: int, seed: int | None = None, head: str = "linear") -> nn.Module:
     """Build model ``name`` (a key of :data:`MODELS`) with ``num_classes`` outputs.
 
     With ``seed`` the initialisation is a deterministic function of the seed and the global
@@ -262,13 +321,18 @@ def build_model(name: str, num_classes: int, seed: int | None = None) -> nn.Modu
         raise ValueError(
             f"unknown model {name!r}; allowed names: {', '.join(sorted(MODELS))}"
         )
+    if head not in HEADS:
+        raise ValueError(f"head {head!r} is unknown; choose one of {', '.join(HEADS)}")
     cls = MODELS[key]
     if seed is None:
-        return cls(num_classes=num_classes)
+        model = cls(num_classes=num_classes)
+        return use_cosine_head(model) if head == "cosine" else model
     # Construction happens on the CPU; fork only the CPU RNG (devices=[]) and restore it.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(int(seed))
         model = cls(num_classes=num_classes)
+        if head == "cosine":
+            use_cosine_head(model)
     return model
 
 

@@ -7,9 +7,10 @@ As Caffe ran the study (STUDY.md, "How Caffe ran it"), a resampled training set 
 network and then read epoch after epoch: RUS keeps the same few majority examples for the whole run,
 ROS the same replicated copies, and so do partial ROS/RUS and the first phase of two-phase methods.
 `SamplingPlan.kept` is that set, drawn once from (seed, stream_id); `epoch(e)` is a permutation of it.
-Only `weighted` draws afresh every epoch (torch's WeightedRandomSampler semantics, not a paper method).
+Only `weighted` and `class-balanced` draw afresh every epoch (torch's WeightedRandomSampler semantics,
+as cRT's class-balanced sampling does; not a paper method).
 
-Methods (STUDY.md "Methods"):
+Samplers (the methods that use them: imbalance_core/methods.py):
   baseline       the imbalanced subset as it is
   ros            every class oversampled to the largest class
   rus            every class undersampled to the smallest class
@@ -17,7 +18,8 @@ Methods (STUDY.md "Methods"):
   partial-rus    every class undersampled to at most  min * level
   weighted       a per-class weight vector: each epoch draws len(subset) examples with replacement,
                  P(example) proportional to its class weight (torch's WeightedRandomSampler semantics)
-Two-phase methods train phase 1 on ros/rus and phase 2 on baseline (see `phases`).
+  class-balanced `weighted` with class weights 1 / n_c: every class equally likely (cRT's second phase)
+Two-phase methods train phase 1 on ros/rus and phase 2 on baseline (methods.py).
 Thresholding is not a sampling method: it is a metric of any trained network (metrics.py).
 """
 from __future__ import annotations
@@ -30,24 +32,14 @@ import numpy as np
 
 from .imbalance import Subset
 
-SAMPLERS = ("baseline", "ros", "rus", "partial-ros", "partial-rus", "weighted")
-METHODS = ("baseline", "ros", "rus", "two-phase-ros", "two-phase-rus", "partial-ros", "partial-rus")
-
-
-def phases(method: str) -> tuple[str, ...]:
-    """Sampler of each training phase of `method` (two-phase: base sampler, then baseline fine-tuning)."""
-    if method not in METHODS:
-        raise ValueError(f"method {method!r} is unknown; choose one of {', '.join(METHODS)}")
-    if method.startswith("two-phase-"):
-        return (method.removeprefix("two-phase-"), "baseline")
-    return (method,)
+SAMPLERS = ("baseline", "ros", "rus", "partial-ros", "partial-rus", "weighted", "class-balanced")
 
 
 def target_counts(counts: tuple[int, ...] | list[int], sampler: str, level: float | None = None) -> list[int]:
     """Per-class examples per epoch that `sampler` delivers from a subset with `counts`."""
     counts = [int(c) for c in counts]
     hi, lo = max(counts), min(counts)
-    if sampler in ("baseline", "weighted"):
+    if sampler in ("baseline", "weighted", "class-balanced"):
         return counts
     if sampler == "ros":
         return [hi] * len(counts)
@@ -95,7 +87,9 @@ class SamplingPlan:
         target_counts(counts, sampler, level)
 
     def __post_init__(self):
-        if self.sampler == "weighted":
+        if self.sampler == "class-balanced":
+            object.__setattr__(self, "class_weights", tuple(1.0 / max(int(c), 1) for c in self.subset.counts))
+        if self.sampler in ("weighted", "class-balanced"):
             w = self.class_weights
             ok = w is not None and len(w) == len(self.subset.counts)
             ok = ok and all(math.isfinite(x) and x >= 0 for x in w) and sum(w) > 0
@@ -122,8 +116,8 @@ class SamplingPlan:
 
         Class by class in label order, unshuffled; `epoch` permutes it. `weighted` has no fixed set.
         """
-        if self.sampler == "weighted":
-            raise ValueError("sampler 'weighted' draws a new set every epoch; it has no fixed kept set")
+        if self.sampler in ("weighted", "class-balanced"):
+            raise ValueError(f"sampler {self.sampler!r} draws a new set every epoch; it has no fixed kept set")
         if self.sampler == "baseline":
             return self.subset.indices
         rng = np.random.default_rng([int(self.seed), int(self.stream_id), 0x5E7])
@@ -132,7 +126,7 @@ class SamplingPlan:
     def epoch(self, epoch: int) -> np.ndarray:
         """The shuffled indices of epoch `epoch`: a permutation of `kept` (deterministic in seed and epoch)."""
         rng = np.random.default_rng([int(self.seed), int(self.stream_id), 0x5A3, int(epoch)])
-        if self.sampler == "weighted":
+        if self.sampler in ("weighted", "class-balanced"):
             idx = self.subset.indices
             w = np.asarray(self.class_weights, dtype=np.float64)[self.labels[idx]]
             return rng.choice(idx, size=len(idx), replace=True, p=w / w.sum())

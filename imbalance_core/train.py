@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call, stack_module_state, vmap
 
+from .losses import cross_entropy
 from .models import param_lr_mults
 
 
@@ -151,8 +152,13 @@ class TrainStats:
 
 
 def train(nets: StackedNets, loader, schedule: Schedule, lr_scale: float = 1.0, only_last: bool = False,
-          log_every: int = 0, log=print) -> TrainStats:
-    """Run `schedule` on all K networks; `loader` yields (x (K,B,...), y (K,B)) `schedule.iterations` times."""
+          log_every: int = 0, log=print, losses=None) -> TrainStats:
+    """Run `schedule` on all K networks; `loader` yields (x (K,B,...), y (K,B)) `schedule.iterations` times.
+
+    losses: one `losses.LossFn` per network ((logits (B, C), y (B,), t) -> mean loss); None = cross-entropy
+    for all K, computed in one call.
+    """
+    plain = losses is None or all(fn is cross_entropy for fn in losses)
     nets.set_trainable(only_last)
     nets.train(True)
     opt = torch.optim.SGD(nets.param_groups(only_last), lr=schedule.base_lr * lr_scale,
@@ -164,7 +170,10 @@ def train(nets: StackedNets, loader, schedule: Schedule, lr_scale: float = 1.0, 
         for g in opt.param_groups:
             g["lr"] = schedule.lr(done) * lr_scale * g["lr_mult"]
         logits = nets(x)                                                  # (K, B, C)
-        loss_k = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none").view(K, -1).mean(1)
+        if plain:
+            loss_k = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none").view(K, -1).mean(1)
+        else:
+            loss_k = torch.stack([fn(logits[k], y[k], done) for k, fn in enumerate(losses)])
         opt.zero_grad(set_to_none=True)
         loss_k.sum().backward()                                           # each net's grad = its own mean loss
         opt.step()

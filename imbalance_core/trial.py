@@ -25,10 +25,12 @@ from . import datasets as D
 from . import frozen
 from .imbalance import PROFILES, class_counts, make_subset
 from .loaders import BACKENDS, InMemoryDataset, TensorLoader, TorchLoader, eval_batches
-from .metrics import evaluate
-from .models import MODEL_FOR_DATASET, MODELS, build_model
+from . import losses as L
+from . import methods as M
+from .metrics import evaluate, posthoc
+from .models import MODEL_FOR_DATASET, MODELS, build_model, reinit_last
 from .preprocess import ImageFiles, array_data, imagenet_transforms
-from .sampling import METHODS, SamplingPlan, phases
+from .sampling import SamplingPlan
 from .train import Schedule, StackedNets, TrainStats, predict, schedule_for, train
 
 FINETUNE_LR_SCALE = 0.1           # two-phase: phase 2 base lr = base lr x 0.1 (STUDY.md)
@@ -42,7 +44,7 @@ class TrialConfig:
     imbalance: str = "step"           # balanced | step | linear | exponential
     rho: float = 10.0
     mu: float = 0.5
-    method: str = "baseline"          # see sampling.METHODS
+    method: str = "baseline"          # a name of methods.SPECS, with optional overrides (NAME:key=value,...)
     level: float | None = None        # partial-ros / partial-rus: imbalance ratio left after sampling
     seed: int = 0
     iterations: int | None = None     # None: the paper's count for the dataset
@@ -105,15 +107,17 @@ def validate(config: TrialConfig) -> None:
         raise ValueError(f"dataset={config.dataset!r} needs a data directory (--data-dir)")
     if config.imbalance not in PROFILES:
         raise ValueError(f"imbalance={config.imbalance!r} is unknown; choose one of {', '.join(PROFILES)}")
-    if config.method not in METHODS:
-        raise ValueError(f"method={config.method!r} is unknown; choose one of {', '.join(METHODS)}")
+    spec = M.get(config.method)                          # names the method or the bad hyper-parameter
+    if spec.head == "cosine" and not MODELS[config.model].linear_head:
+        raise ValueError(f"method={config.method!r} needs a cosine classifier on a Linear last layer; "
+                         f"{config.model} (dataset {config.dataset!r}) ends in a convolution")
     if config.n_per_class is not None and int(config.n_per_class) < 1:
         raise ValueError(f"n_per_class={config.n_per_class!r} is not allowed: need an integer >= 1")
     if config.batch_size is not None and int(config.batch_size) < 1:
         raise ValueError(f"batch_size={config.batch_size!r} is not allowed: need an integer >= 1")
     counts = class_counts(config.imbalance, config.n, NUM_CLASSES.get(config.dataset, 1000), config.rho, config.mu)
-    if config.method.startswith("partial-"):
-        SamplingPlan.check_level(config.method, counts, config.level)
+    if spec.needs_level:
+        SamplingPlan.check_level(spec.phases[0].sampler, counts, config.level)
     config.schedule  # validates iterations and lr
     resolve_device(config.device)
     resolve_loader(config)
@@ -167,9 +171,10 @@ def _check_pack(configs: list[TrialConfig]) -> None:
 
 
 def _train_phase(c0, ds, train_data, test_data, backend, schedule, device, stack, models, plans,
-                 lr_scale=1.0, only_last=False, log=None, keep_features=()):
+                 lr_scale=1.0, only_last=False, log=None, keep_features=(), losses=None):
     """Train `models` on `plans` (stacked in one vmap, or one after another), then score the test set.
 
+    losses: one loss function per model (None: cross-entropy for all).
     Returns (state dicts, test scores (K, N, C), per-network TrainStats with that network's share of time,
     test-set features of the networks in `keep_features` (scored through features + head; one pass)).
     """
@@ -180,7 +185,8 @@ def _train_phase(c0, ds, train_data, test_data, backend, schedule, device, stack
         nets = StackedNets([models[k] for k in g], device, channels_last=(len(g) == 1 and device.type == "cpu"))
         loader = _loader(backend, ds, train_data, [plans[k] for k in g], schedule, device, schedule.iterations)
         st = train(nets, loader, schedule, lr_scale=lr_scale, only_last=only_last,
-                   log_every=max(1, schedule.iterations // 10) if log else 0, log=log or print)
+                   log_every=max(1, schedule.iterations // 10) if log else 0, log=log or print,
+                   losses=None if losses is None else [losses[k] for k in g])
         if len(g) == 1 and g[0] in keep_features:
             kept[g[0]] = f = frozen.features(nets.module, test_data.to(device))
             with torch.no_grad():
@@ -191,6 +197,20 @@ def _train_phase(c0, ds, train_data, test_data, backend, schedule, device, stack
             states[k], scores[k] = sd, sc[j]
             stats[k] = TrainStats(st.iterations, st.images // len(g), st.seconds / len(g), [st.final_loss[j]])
     return states, np.stack(scores), stats, kept
+
+
+def _tau_norm_inputs(model_name, num_classes, spec, state, features, test_data, device):
+    """(test features, head weight) for the tau-normalised post-hoc metric, or (None, None) where not at hand:
+    a model without `features`, files instead of in-memory test arrays, or a cosine head (already normalised)."""
+    cls = MODELS[model_name]
+    if spec.head != "linear" or not hasattr(cls, "features") or test_data is None:
+        return None, None
+    head = cls.last_layers[-1]
+    if features is None:
+        m = build_model(model_name, num_classes)
+        m.load_state_dict(state)
+        features = frozen.features(m.to(device), test_data.to(device))
+    return features.cpu().numpy(), state[f"{head}.weight"].numpy()
 
 
 def run_trials(configs: list[TrialConfig], log=None, stack: bool | None = None,
@@ -213,54 +233,73 @@ def run_trials(configs: list[TrialConfig], log=None, stack: bool | None = None,
     device, backend, schedule = resolve_device(c0.device), resolve_loader(c0), c0.schedule
     ds, train_data, test_data = load_prepared(c0.dataset, c0.data_dir)
     labels = np.asarray(ds.train_y)
+    specs = [M.get(c.method) for c in configs]
     subsets = [make_subset(labels, c.dataset, c.imbalance, c.n, c.rho, c.mu, c.seed) for c in configs]
     t_start = time.perf_counter()
 
     stack = device.type == "cuda" if stack is None else stack
     cached_phase2 = cache_features and frozen.can_cache(MODELS[c0.model], backend)
     phase = functools.partial(_train_phase, c0, ds, train_data, test_data, backend, schedule, device, stack)
+    build = functools.partial(build_model, c0.model, ds.num_classes)
 
-    # Phase 1: every distinct (subset, sampler, level, seed) network once.
+    # Phase 1: every distinct network once (ROS and two-phase ROS, baseline and cRT share it: methods.phase1_key).
     groups: dict[tuple, list[int]] = {}
-    for i, c in enumerate(configs):
-        groups.setdefault((c.imbalance, c.rho, c.mu, c.seed, phases(c.method)[0], c.level), []).append(i)
+    for i, (c, spec) in enumerate(zip(configs, specs)):
+        groups.setdefault((c.imbalance, c.rho, c.mu, c.seed, c.level, M.phase1_key(spec)), []).append(i)
     keys = list(groups)
+    first = [groups[k][0] for k in keys]                 # a representative config of each phase-1 network
     net_of = {i: j for j, k in enumerate(keys) for i in groups[k]}
-    models = [build_model(c0.model, ds.num_classes, seed=k[3]) for k in keys]
-    plans = [SamplingPlan(subsets[groups[k][0]], labels, sampler=k[4], level=k[5], seed=k[3], stream_id=1)
-             for k in keys]
-    two = [i for i, c in enumerate(configs) if len(phases(c.method)) == 2]
-    states1, test1, stats1, features1 = phase(models, plans, log=log,
-                                              keep_features={net_of[i] for i in two} if cached_phase2 else ())
+    models = [build(seed=configs[i].seed, head=specs[i].head) for i in first]
+    plans = [SamplingPlan(subsets[i], labels, sampler=specs[i].phases[0].sampler, level=configs[i].level,
+                          seed=configs[i].seed, stream_id=1) for i in first]
+    losses = [L.build(specs[i].phases[0].loss, subsets[i].counts, schedule.iterations, specs[i].param_dict, device)
+              for i in first]
+    two = [i for i, spec in enumerate(specs) if spec.two_phase]
+    keep = {net_of[i] for i in two} if cached_phase2 else set()
+    states1, test1, stats1, features1 = phase(models, plans, log=log, keep_features=keep, losses=losses)
     scores = {i: test1[net_of[i]] for i in range(len(configs))}
     stats = {i: [stats1[net_of[i]]] for i in range(len(configs))}
+    final_state = {i: states1[net_of[i]] for i in range(len(configs))}
+    features = {i: features1.get(net_of[i]) for i in range(len(configs))}
 
-    # Phase 2 (two-phase methods): fine-tune the last layer(s) on the imbalanced subset, lr x 0.1.
-    if two:
+    # Phase 2 (two-phase methods, cRT): the last layer(s) on a second stream, one group per kind of phase 2.
+    by_phase: dict[M.Phase, list[int]] = {}
+    for i in two:
+        by_phase.setdefault(specs[i].phases[1], []).append(i)
+    for ph, members in by_phase.items():
         models = []
-        for i in two:
-            m = build_model(c0.model, ds.num_classes, seed=configs[i].seed)
+        for i in members:
+            m = build(seed=configs[i].seed, head=specs[i].head)
             m.load_state_dict(states1[net_of[i]])
-            models.append(m)
-        plans = [SamplingPlan(subsets[i], labels, sampler="baseline", seed=configs[i].seed, stream_id=2) for i in two]
-        if cached_phase2:
-            test2, stats2 = frozen.finetune_heads(models, plans, train_data, test_data, schedule, device,
-                                                  FINETUNE_LR_SCALE, stack,
-                                                  test_features=[features1.get(net_of[i]) for i in two])
+            models.append(reinit_last(m, configs[i].seed) if ph.reinit_last else m)
+        plans = [SamplingPlan(subsets[i], labels, sampler=ph.sampler, seed=configs[i].seed, stream_id=2)
+                 for i in members]
+        if cached_phase2 and ph.only_last:
+            test2, stats2, heads2 = frozen.finetune_heads(models, plans, train_data, test_data, schedule, device,
+                                                          ph.lr_scale, stack,
+                                                          test_features=[features1.get(net_of[i]) for i in members])
+            head = MODELS[c0.model].last_layers[-1]
+            states2 = [{**states1[net_of[i]], **{f"{head}.{k}": v for k, v in h.items()}}
+                       for i, h in zip(members, heads2)]
         else:
-            _, test2, stats2, _ = phase(models, plans, lr_scale=FINETUNE_LR_SCALE, only_last=True)
-        for j, i in enumerate(two):
+            states2, test2, stats2, _ = phase(models, plans, lr_scale=ph.lr_scale, only_last=ph.only_last)
+            for i in members:
+                features[i] = None
+        for j, i in enumerate(members):
             scores[i] = test2[j]
             stats[i].append(stats2[j])
+            final_state[i] = states2[j]
 
     y_test = np.asarray(ds.test_y if test_data is None else test_data.y.numpy())
     pack_seconds = time.perf_counter() - t_start
     results = []
     for i, c in enumerate(configs):
-        sub = subsets[i]
-        sampled = SamplingPlan(sub, labels, sampler=phases(c.method)[0], level=c.level).counts
+        sub, spec = subsets[i], specs[i]
+        sampled = SamplingPlan(sub, labels, sampler=spec.phases[0].sampler, level=c.level).counts
         st = stats[i]
         m = evaluate(y_test, scores[i], sub.priors)
+        f, w = _tau_norm_inputs(c0.model, ds.num_classes, spec, final_state[i], features[i], test_data, device)
+        m.update(posthoc(y_test, scores[i], sub.priors, f, w))
         m.update({
             "train_examples": int(len(sub.indices)),
             "class_counts": list(sub.counts),
@@ -298,7 +337,8 @@ def _parse(argv):
     p.add_argument("--imbalance", default="step", help=f"one of {', '.join(PROFILES)}")
     p.add_argument("--rho", type=float, default=10.0)
     p.add_argument("--mu", type=float, default=0.5)
-    p.add_argument("--method", default="baseline", help=f"one of {', '.join(METHODS)}")
+    p.add_argument("--method", default="baseline",
+                   help=f"one of {', '.join(M.SPECS)}; hyper-parameters as NAME:key=value,... (e.g. cb-focal:gamma=2)")
     p.add_argument("--level", type=float, default=None, help="partial-ros/rus: imbalance ratio left after sampling")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--iterations", type=int, default=None, help="default: the paper's count for the dataset")

@@ -249,8 +249,8 @@ def auto_pack_size(configs: list[TrialConfig], gpus_per_trial: float) -> tuple[i
     import torch
 
     from imbalance_core import packing
-    if gpus_per_trial <= 0:
-        return packing.CPU_PACK, "auto: CPU pack"
+    if gpus_per_trial <= 0:               # the networks of one (cell, seed): every shared first phase is shared
+        return grids.largest_group(configs), "auto: CPU pack"
     if not torch.cuda.is_available():
         return packing.CPU_PACK, "auto: no GPU on the driver to size GPU packs; pass --pack-size to stack more"
     size = min(packing.auto_pack_size(c.model, c.schedule.batch_size, "cuda")
@@ -350,7 +350,7 @@ def plan_sweep(a) -> Plan:
         size, how = auto_pack_size(configs, a.gpus_per_trial)
     else:
         size, how = a.pack_size, "--pack-size"
-    packs = pack(configs, size)
+    packs = pack(configs, size, whole_groups=a.pack_size == "auto" and a.gpus_per_trial <= 0)
     return Plan(sweep, sweep_dir, a.tracking_uri or default_tracking_uri(), packs, f"<= {size} ({how})",
                 len(packs), len(configs), data)
 
@@ -403,9 +403,9 @@ def _init_ray(a) -> bool:
 
 
 def _results_table(rows: list[tuple[TrialConfig, dict]]) -> str:
-    from imbalance_core.sampling import METHODS
+    from imbalance_core.methods import ORDER, get
     rows = sorted(rows, key=lambda cr: (cr[0].dataset, cr[0].imbalance, cr[0].rho, cr[0].mu, cr[0].lr or 0,
-                                        METHODS.index(cr[0].method), cr[0].level or 0))
+                                        ORDER.index(get(cr[0].method).base), cr[0].method, cr[0].level or 0))
     groups: dict[tuple, list[dict]] = {}
     for c, r in rows:
         method = c.method + (f" L{c.level:g}" if c.level is not None else "")

@@ -31,12 +31,13 @@ from dataclasses import dataclass
 
 from imbalance_core.datasets import DATASETS
 from imbalance_core.imbalance import PROFILES
-from imbalance_core.sampling import METHODS, phases
+from imbalance_core import methods as M
 from imbalance_core.train import CIFAR10_BASE_LRS
 from imbalance_core.trial import TrialConfig, validate
 
-PAPER_METHODS = ("baseline", "ros", "rus", "two-phase-ros", "two-phase-rus")
-PARTIAL_METHODS = ("partial-ros", "partial-rus")
+PAPER_METHODS = M.names("paper")              # the five training regimes of the paper
+PARTIAL_METHODS = M.names("partial")
+BEYOND_METHODS = M.names("beyond")
 MNIST_RHOS = (10, 25, 50, 100, 250, 500, 1000, 2500, 5000)
 MNIST_MUS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 PARTIAL_LEVELS = (2, 10, 50, 100, 500)
@@ -121,6 +122,13 @@ PRESETS: dict[str, Grid] = {g.name: g for g in (
                     "balanced; step mu 0.5 at rho 10, 1000, 5000; step mu 0.9 and linear at rho 1000; the five "
                     "training regimes (+ thresholded metrics); partial ROS/RUS at rho 1000, levels 10 and 100; 3 "
                     "repetitions per cell (rho 1000, mu 0.5 first)"),
+    Grid("beyond", "mnist", (
+        Block("step", (1000,), (0.5,), PAPER_METHODS + BEYOND_METHODS, repetitions=3),
+        Block("exponential", (100,), methods=PAPER_METHODS + BEYOND_METHODS, repetitions=3),
+    ), iterations=None,
+        description="the paper's methods beside the ones that followed it (LA loss, CB focal, LDAM-DRW, cRT) on MNIST "
+                    "at the paper's length: step rho 1000 mu 0.5 and exponential (long-tailed) rho 100, 3 "
+                    "repetitions; every network also gets the post-hoc metrics (logit adjustment, tau-norm)"),
     Grid("quick", "mnist-sample", (
         Block("step", (10, 100), (0.5,), repetitions=2),
         Block("linear", (10,), repetitions=2),
@@ -194,9 +202,10 @@ def expand(grid: Grid, overrides: Overrides | None = None) -> list[TrialConfig]:
     if o.datasets is not None:
         _require_known("dataset", o.datasets, DATASETS)
     if o.methods is not None:
-        _require_known("method", o.methods, METHODS)
-        _require_in_grid("methods", o.methods, sorted({m for b in grid.blocks for m in b.methods}, key=METHODS.index),
-                         grid)
+        for m in o.methods:
+            M.get(m)                                      # names an unknown method or a bad hyper-parameter
+        _require_in_grid("methods", o.methods, sorted({m for b in grid.blocks for m in b.methods},
+                                                      key=lambda m: (M.ORDER.index(M.get(m).base), m)), grid)
     if o.imbalance is not None:
         _require_known("imbalance", o.imbalance, PROFILES)
         _require_in_grid("imbalance", o.imbalance, list(dict.fromkeys(b.imbalance for b in grid.blocks)), grid)
@@ -236,16 +245,36 @@ def pack_key(c: TrialConfig) -> tuple:
     return tuple(getattr(c, name) for name in PACK_SHARED)
 
 
-def pack(configs: list[TrialConfig], pack_size: int) -> list[list[TrialConfig]]:
+def _seed_group(c: TrialConfig) -> tuple:
+    return (pack_key(c), cell_of(c), c.seed)
+
+
+def largest_group(configs: list[TrialConfig]) -> int:
+    """The most networks of one (cell, seed) under one set of shared settings: the CPU pack's size."""
+    sizes: dict[tuple, int] = {}
+    for c in configs:
+        sizes[_seed_group(c)] = sizes.get(_seed_group(c), 0) + 1
+    return max(sizes.values(), default=1)
+
+
+def pack(configs: list[TrialConfig], pack_size: int, whole_groups: bool = False) -> list[list[TrialConfig]]:
     """Networks grouped into packs of <= pack_size that `run_trials` can train together.
 
     A pack shares dataset, data_dir, iterations, lr, batch_size, n_per_class, device and loader.
     Within such a group each cell is cut into full packs first (a cell lists a seed's methods
     together, so ROS and two-phase ROS of one seed share a pack and its first phase); the cells'
     remainders are then packed together in order. Deterministic: the same input gives the same packs.
+    whole_groups: every (cell, seed) group is its own pack (cut only if larger than pack_size), so that
+    every network that can share a first phase with another (two-phase and ROS/RUS, cRT and baseline)
+    does: the CPU pack.
     """
     if int(pack_size) < 1:
         raise ValueError(f"pack_size={pack_size!r} is not allowed: need an integer >= 1")
+    if whole_groups:
+        groups_: dict[tuple, list[TrialConfig]] = {}
+        for c in configs:
+            groups_.setdefault(_seed_group(c), []).append(c)
+        return [g[i:i + pack_size] for g in groups_.values() for i in range(0, len(g), pack_size)]
     groups: dict[tuple, dict[str, list[TrialConfig]]] = {}
     for c in configs:
         groups.setdefault(pack_key(c), {}).setdefault(cell_of(c), []).append(c)
@@ -263,7 +292,7 @@ def pack(configs: list[TrialConfig], pack_size: int) -> list[list[TrialConfig]]:
 def training_images(pack_: list[TrialConfig]) -> int:
     """Images a pack trains on (per network: iterations x batch per phase; a pack's two-phase
     networks share phase 1 with the plain ROS/RUS network of the same subset and seed)."""
-    phase1 = {(c.imbalance, c.rho, c.mu, c.seed, phases(c.method)[0], c.level) for c in pack_}
-    finetune = sum(len(phases(c.method)) == 2 for c in pack_)
+    phase1 = {(c.imbalance, c.rho, c.mu, c.seed, c.level, M.phase1_key(M.get(c.method))) for c in pack_}
+    finetune = sum(M.get(c.method).two_phase for c in pack_)
     s = pack_[0].schedule
     return (len(phase1) + finetune) * s.iterations * s.batch_size

@@ -38,10 +38,25 @@ import matplotlib.pyplot as plt  # noqa: E402
 import mlflow  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 
-METRICS = ("auc", "accuracy", "accuracy_thresholded")
+from imbalance_core import methods as M  # noqa: E402
+from imbalance_core.metrics import BEST_POSTHOC  # noqa: E402
+
+METRICS = ("auc", "accuracy", "accuracy_thresholded", BEST_POSTHOC)
 KEY_FIELDS = ("dataset", "imbalance", "rho", "mu", "method", "level", "lr")
-METHOD_ORDER = ("baseline", "ros", "rus", "two-phase-ros", "two-phase-rus", "partial-ros", "partial-rus")
-PARTIAL = ("partial-ros", "partial-rus")
+
+
+def is_partial(method: str) -> bool:
+    """A method swept over levels (partial sampling): drawn against level, not rho."""
+    spec = M.SPECS.get(method.split(":", 1)[0])
+    return bool(spec and spec.needs_level)
+
+
+def method_label(method: str) -> str:
+    """The legend of a method: its spec's label (with its overrides), or the name of an unknown method."""
+    try:
+        return M.get(method).display
+    except ValueError:
+        return method
 CSV_COLUMNS = (["dataset", "imbalance", "rho", "mu", "method", "level", "lr", "n"]
                + [f"{m}_{s}" for m in METRICS for s in ("mean", "std", "min", "max")])
 
@@ -118,7 +133,10 @@ def _stats(values: list[float]) -> dict:
 
 
 def _method_rank(method: str) -> tuple:
-    return (METHOD_ORDER.index(method) if method in METHOD_ORDER else len(METHOD_ORDER), method)
+    """The method registry's order (imbalance_core/methods.py), read at call time; unknown methods last."""
+    order = list(M.SPECS)
+    base = method.split(":", 1)[0]
+    return (order.index(base) if base in order else len(order), method)
 
 
 def _sort_key(row: dict) -> tuple:
@@ -137,7 +155,7 @@ def aggregate(runs: list[dict]) -> list[dict]:
         row = dict(zip(KEY_FIELDS, key))
         row["n"] = len(members)
         for m in METRICS:
-            for s, v in _stats([r[m] for r in members]).items():
+            for s, v in _stats([r.get(m) for r in members]).items():
                 row[f"{m}_{s}"] = v
         rows.append(row)
     return sorted(rows, key=_sort_key)
@@ -189,14 +207,16 @@ def write_markdown(sweep: str, tracking_uri: str, n_runs: int, rows: list[dict],
              f"{n_runs} finished runs read from `{tracking_uri}`; {len(rows)} groups. "
              "Values are mean ± sample std (ddof=1) over repetitions (n; std omitted when n = 1), x100. "
              "`acc +thr` is the accuracy of the same networks with thresholding (scores divided by the "
-             "pre-sampling class priors).", ""]
-    lines += ["| dataset | imbalance | rho | mu | method | level | lr | n | AUC | accuracy | acc +thr |",
-              "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "pre-sampling class priors). `best post-hoc` is the best of the plain accuracy and the post-hoc "
+             "corrections (logit adjustment, tau-normalisation) chosen on the test set itself: an oracle upper "
+             "bound, not a method.", ""]
+    lines += ["| dataset | imbalance | rho | mu | method | level | lr | n | AUC | accuracy | acc +thr | best post-hoc |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append("| " + " | ".join([
             r["dataset"], r["imbalance"], _fmt_num(r["rho"]), _fmt_num(r["mu"]), r["method"],
             _fmt_num(r["level"]) or "—", _fmt_num(r["lr"]) or "default", str(r["n"]),
-            _pm(r, "auc"), _pm(r, "accuracy"), _pm(r, "accuracy_thresholded")]) + " |")
+            _pm(r, "auc"), _pm(r, "accuracy"), _pm(r, "accuracy_thresholded"), _pm(r, BEST_POSTHOC)]) + " |")
     lines += ["", "## Figures", ""]
     lines += [f"- [{p.name}]({p.name})" for p in figures] or ["- (none)"]
     if skipped:
@@ -248,7 +268,7 @@ def _lines_vs_rho(ax, panel_rows, colors, metric: str, style: str = "-", band: b
             continue
         x = [r["rho"] for r in pts]
         ax.plot(x, [r[f"{metric}_mean"] for r in pts], style, marker="o", ms=3, color=colors[method],
-                label=method + label_suffix)
+                label=method_label(method) + label_suffix)
         if band and any(r["n"] > 1 for r in pts):
             ax.fill_between(x, [r[f"{metric}_min"] for r in pts], [r[f"{metric}_max"] for r in pts],
                             color=colors[method], alpha=0.15, lw=0)
@@ -258,7 +278,7 @@ def _lines_vs_rho(ax, panel_rows, colors, metric: str, style: str = "-", band: b
 
 
 def fig_auc_vs_rho(dataset: str, rows: list[dict], out: Path) -> Path | str:
-    rows = [r for r in rows if r["method"] not in PARTIAL]
+    rows = [r for r in rows if not is_partial(r["method"])]
     panels = [(t, pr) for t, pr in _panels(rows) if _n_rho(pr) >= 2]
     if not panels:
         return "needs >= 2 rho values in some (imbalance, mu) cell of non-partial methods"
@@ -276,7 +296,7 @@ def fig_auc_vs_rho(dataset: str, rows: list[dict], out: Path) -> Path | str:
 
 
 def fig_accuracy_vs_rho(dataset: str, rows: list[dict], out: Path) -> Path | str:
-    rows = [r for r in rows if r["method"] not in PARTIAL]
+    rows = [r for r in rows if not is_partial(r["method"])]
     panels = [(t, pr) for t, pr in _panels(rows) if _n_rho(pr) >= 2]
     if not panels:
         return "needs >= 2 rho values in some (imbalance, mu) cell of non-partial methods"
@@ -298,7 +318,7 @@ def fig_accuracy_vs_rho(dataset: str, rows: list[dict], out: Path) -> Path | str
 
 
 def fig_heatmaps(dataset: str, rows: list[dict], out: Path) -> Path | str:
-    step = [r for r in rows if r["imbalance"] == "step" and r["method"] not in PARTIAL
+    step = [r for r in rows if r["imbalance"] == "step" and not is_partial(r["method"])
             and r["auc_mean"] is not None and r["rho"] is not None and r["mu"] is not None]
     methods = [m for m in sorted({r["method"] for r in step}, key=_method_rank)
                if len({r["mu"] for r in step if r["method"] == m}) >= 2
@@ -322,7 +342,7 @@ def fig_heatmaps(dataset: str, rows: list[dict], out: Path) -> Path | str:
         ax.set_yticks(range(len(mus)), [_fmt_num(v) for v in mus], fontsize=7)
         ax.set_xlabel("rho")
         ax.set_ylabel("mu")
-        ax.set_title(m, fontsize=9)
+        ax.set_title(method_label(m), fontsize=9)
         if len(rhos) * len(mus) <= 120:
             for i in range(len(mus)):
                 for j in range(len(rhos)):
@@ -337,21 +357,22 @@ def fig_heatmaps(dataset: str, rows: list[dict], out: Path) -> Path | str:
 
 
 def fig_partial(dataset: str, rows: list[dict], out: Path) -> Path | str:
-    partial = [r for r in rows if r["method"] in PARTIAL and r["level"] is not None and r["auc_mean"] is not None]
+    partial = [r for r in rows if is_partial(r["method"]) and r["level"] is not None and r["auc_mean"] is not None]
     if not partial:
         return "no partial-ros / partial-rus runs"
     cells = sorted({(r["imbalance"], r["rho"], r["mu"]) for r in partial},
                    key=lambda c: (c[0], c[1] or 0, c[2] or 0))
-    colors = _colors(set(PARTIAL))
+    partial_methods = sorted({r["method"] for r in partial}, key=_method_rank)
+    colors = _colors(set(partial_methods))
     panels = []
     for imb, rho, mu in cells:
         same = [r for r in rows if (r["imbalance"], r["rho"], r["mu"]) == (imb, rho, mu) and r["auc_mean"] is not None]
         curves = {}
-        for pm in PARTIAL:
+        for pm in partial_methods:
             pts = {r["level"]: r for r in same if r["method"] == pm and r["level"] is not None}
             if not pts:
                 continue
-            base = pm.removeprefix("partial-")
+            base = M.get(pm).phases[0].sampler.removeprefix("partial-")   # its full-sampling anchor
             for r in same:                          # anchors: the original set and full sampling
                 if r["method"] == "baseline" and rho is not None:
                     pts.setdefault(rho, r)
@@ -366,7 +387,7 @@ def fig_partial(dataset: str, rows: list[dict], out: Path) -> Path | str:
     for ax, (imb, rho, mu, curves) in zip(axes, panels):
         for pm, pts in curves.items():
             x = [lv for lv, _ in pts]
-            ax.plot(x, [r["auc_mean"] for _, r in pts], "-o", ms=3, color=colors[pm], label=pm)
+            ax.plot(x, [r["auc_mean"] for _, r in pts], "-o", ms=3, color=colors[pm], label=method_label(pm))
             if any(r["n"] > 1 for _, r in pts):
                 ax.fill_between(x, [r["auc_min"] for _, r in pts], [r["auc_max"] for _, r in pts],
                                 color=colors[pm], alpha=0.15, lw=0)

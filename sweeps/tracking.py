@@ -176,7 +176,8 @@ class Tracker:
         tags = {"sweep": self.sweep, "cell": cell_of(config), "trial_key": key, "method": config.method,
                 "pack_id": str(pack_id), "node_id": str(result.get("node_id", ""))}
         metrics = {k: float(result[k]) for k in METRICS}
-        for name in ("recall", "recall_thresholded"):
+        metrics.update({k: float(v) for k, v in result.items() if k.startswith("accuracy_posthoc_")})
+        for name in ("recall", "recall_thresholded", *(k for k in result if k.startswith("recall_posthoc_"))):
             metrics.update({f"{name}_{c}": float(v) for c, v in enumerate(result[name])})
 
         run = self.client.create_run(self.experiment_id, run_name=describe(config), tags=tags)

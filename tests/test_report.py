@@ -237,3 +237,43 @@ def test_learning_rates_are_rows_and_figures_take_the_best():
     assert [(r["lr"], r["n"], r["auc_mean"]) for r in rows] == [(0.0005, 2, 93.5), (0.005, 2, 95.5), (0.05, 2, 90.5)]
     best = report._best_lr(rows)
     assert len(best) == 1 and best[0]["lr"] == 0.005
+
+
+def test_a_new_method_spec_reaches_every_table_and_figure(tmp_path, monkeypatch):
+    """Adding a method is adding one spec: a toy method registered in imbalance_core.methods (nothing else
+    edited) gets its rows in the table and CSV, in registry order, and its label in the figures' legends."""
+    from imbalance_core import methods as M
+    monkeypatch.setitem(M.SPECS, "toy", M.MethodSpec("toy", (M.Phase("baseline", loss="la"),), "beyond",
+                                                     params=(("tau", 1.0),), label="Toy method"))
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri)
+    exp_id = client.create_experiment("toy-sweep")
+    for s in SEEDS:
+        for method in ("toy", "baseline", "ros"):
+            for mu in STEP_MUS:
+                for rho in STEP_RHOS:
+                    c = contract_config(rho=rho, mu=mu, method=method, seed=s)
+                    f = fake_metrics({**c, "method": "ros"}) if method == "toy" else fake_metrics(c)
+                    log_contract_run(client, exp_id, "toy-sweep", c, {k: v + 0.5 * (method == "toy")
+                                                                      for k, v in f.items()})
+    legends: list[str] = []
+    real_close = report.plt.close
+
+    def close(fig=None):
+        for ax in getattr(fig, "axes", []):
+            leg = ax.get_legend()
+            legends.extend(t.get_text() for t in (leg.get_texts() if leg else []))
+            legends.append(ax.get_title())
+        real_close(fig)
+    monkeypatch.setattr(report.plt, "close", close)
+    out = report.build_report(uri, "toy-sweep", tmp_path / "out")
+    methods_in_table = [ln.split(" | ")[4] for ln in out["results_md"].read_text().splitlines()
+                        if ln.startswith("| mnist")]
+    assert methods_in_table[:3] == ["baseline", "ros", "toy"]                  # registry order: toy last
+    assert methods_in_table.count("toy") == len(STEP_RHOS) * len(STEP_MUS)
+    with open(out["results_csv"]) as f:
+        assert sum(r["method"] == "toy" for r in csv.DictReader(f)) == len(STEP_RHOS) * len(STEP_MUS)
+    assert {"auc_vs_rho_mnist.png", "heatmap_auc_mnist.png", "accuracy_vs_rho_mnist.png"} <= {
+        Path(p).name for p in out["figures"]}
+    # the AUC figure's legends (one per panel) and the heatmap's panel title carry the spec's label
+    assert legends.count("Toy method") >= len(STEP_MUS) + 1, legends

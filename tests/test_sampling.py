@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from imbalance_core.imbalance import Subset, make_subset
-from imbalance_core.sampling import METHODS, SAMPLERS, SamplingPlan, phases, target_counts
+from imbalance_core import methods as M
+from imbalance_core.sampling import SAMPLERS, SamplingPlan, target_counts
 
 
 def synthetic_labels(per_class: int, C: int = 10, seed: int = 0) -> np.ndarray:
@@ -298,21 +299,25 @@ def test_stream_crosses_epochs_without_loss(labels, small, sampler):
 # --------------------------------------------------------------------------- phases and names
 
 def test_phases_every_method():
+    """The paper's methods (and partial sampling) keep their samplers; the registry holds each method once."""
     expected = {
         "baseline": ("baseline",), "ros": ("ros",), "rus": ("rus",),
         "two-phase-ros": ("ros", "baseline"), "two-phase-rus": ("rus", "baseline"),
         "partial-ros": ("partial-ros",), "partial-rus": ("partial-rus",),
     }
-    assert set(METHODS) == set(expected)
+    assert set(M.names("paper")) | set(M.names("partial")) == set(expected)
     for method, ph in expected.items():
-        assert phases(method) == ph
-        assert all(p in SAMPLERS for p in ph)
+        assert tuple(p.sampler for p in M.get(method).phases) == ph
+    for spec in M.SPECS.values():
+        assert all(p.sampler in SAMPLERS for p in spec.phases)
+    two = M.get("two-phase-ros").phases[1]
+    assert two.only_last and two.lr_scale == 0.1 and not two.reinit_last
 
 
 @pytest.mark.parametrize("method", ["thresholding", "two-phase-weighted", "ROS", ""])
 def test_unknown_method(method):
     with pytest.raises(ValueError, match=f"method {method!r}"):
-        phases(method)
+        M.get(method)
 
 
 def test_unknown_sampler(labels, small):
