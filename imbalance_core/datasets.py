@@ -23,10 +23,12 @@ from pathlib import Path
 
 import numpy as np
 
-DATASETS = ('mnist', 'mnist-sample', 'cifar10', 'imagenet')
+from .specs import DATASETS as _SPECS
+
+DATASETS = tuple(_SPECS)                          # views of the dataset registry (specs.py)
 
 # The paper's balanced training-set size per class, before imbalance is applied.
-N_PER_CLASS = {'mnist': 5000, 'mnist-sample': 400, 'cifar10': 5000, 'imagenet': 1000}
+N_PER_CLASS = {name: spec.n_per_class for name, spec in _SPECS.items()}
 
 IMAGE_EXTENSIONS = ('.jpeg', '.jpg', '.png')
 
@@ -84,12 +86,13 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None) -> ArrayD
     """Load one of :data:`DATASETS`. Only ``mnist-sample`` works without ``data_dir``."""
     if name not in DATASETS:
         raise DatasetError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
-    if name == 'mnist-sample':
-        return read_mnist_sample()
+    spec = _SPECS[name]
+    reader = globals()[spec.reader]
+    if not spec.needs_data_dir:
+        return reader()
     if data_dir is None:
         raise DatasetError(f"dataset {name!r} needs a data_dir (the folder holding its files), got None")
-    readers = {'mnist': read_mnist, 'cifar10': read_cifar10, 'imagenet': read_imagenet}
-    return readers[name](data_dir)
+    return reader(data_dir)
 
 
 # --------------------------------------------------------------------------- helpers

@@ -65,6 +65,7 @@ import torch
 
 from . import datasets as D
 from .preprocess import IMAGENET_MEAN, IMAGENET_STD, cifar_whitened_of, scale_256
+from .specs import DATASETS
 from .sampling import SamplingPlan
 
 _TORCH_THREADS = torch.get_num_threads()
@@ -124,9 +125,10 @@ def writer_settings(ds, split: str) -> dict:
                 "resize": "torchvision.resize(PIL, bilinear, antialias)", "mode": "RGB"}
     if not isinstance(ds, D.ArrayDataset):
         raise TypeError(f"expected a datasets.ArrayDataset or FileDataset, got {type(ds).__name__}")
-    if ds.name == "cifar10":
+    kind = DATASETS[ds.name].preprocess
+    if kind == "gcn-zca":
         return {**common, "image": "float32 NDArray", "preprocess": "gcn(55) + zca(bias 0.1) fitted on train"}
-    if ds.name in ("mnist", "mnist-sample"):
+    if kind == "scale256":
         return {**common, "image": "uint8 NDArray", "preprocess": "none (x/256 in the loader)"}
     raise ValueError(f"no FFCV writer for dataset {ds.name!r}")
 
@@ -274,7 +276,7 @@ def _write(ds, split: str, dest: Path, num_workers: int) -> None:
         fields = {"image": RGBImageField(write_mode="jpg", jpeg_quality=JPEG_QUALITY), "label": IntField()}
         chunk = 16
     else:
-        if ds.name == "cifar10":
+        if DATASETS[ds.name].preprocess == "gcn-zca":
             tr, te = cifar_whitened_of(ds)
             x = tr if split == "train" else te
             fields = {"image": NDArrayField(np.dtype("<f4"), tuple(x.shape[1:])), "label": IntField()}
@@ -420,7 +422,7 @@ def _finisher(ds, device: torch.device):
             out.copy_(x.permute(0, 3, 1, 2))
             return out.sub_(mean).mul_(inv_std)
         return finish
-    if ds.name == "cifar10":
+    if DATASETS[ds.name].preprocess == "gcn-zca":
         return lambda x: x.to(device).clone()
     return lambda x: scale_256(x.to(device))
 

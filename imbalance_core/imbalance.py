@@ -19,9 +19,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .specs import DATASETS as _SPECS
+
 PROFILES = ("balanced", "step", "linear", "exponential")
 # which classes get the smallest counts, per dataset (STUDY.md, "Imbalance")
-MINORITY_ORDER = {"mnist": "random", "mnist-sample": "random", "cifar10": "lowest", "imagenet": "random"}
+MINORITY_ORDER = {name: spec.minority_order for name, spec in _SPECS.items()}   # a view of specs.py
 
 
 def round_half_up(x: float) -> int:

@@ -32,6 +32,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .specs import DATASETS as _SPECS
+
 __all__ = [
     "LeNet5",
     "AllCNNC",
@@ -301,12 +303,7 @@ MODELS: dict[str, type[nn.Module]] = {
     "resnet10": ResNet10,
 }
 
-MODEL_FOR_DATASET: dict[str, str] = {
-    "mnist": "lenet5",
-    "mnist-sample": "lenet5",
-    "cifar10": "allcnnc",
-    "imagenet": "resnet10",
-}
+MODEL_FOR_DATASET: dict[str, str] = {name: spec.model for name, spec in _SPECS.items()}   # a view of specs.py
 
 
 def build_model(name: str, num_classes: int, seed: int | None = None, head: str = "linear") -> nn.Module:

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from .loaders import ArrayData
+from .specs import DATASETS
 
 GCN_SCALE, ZCA_BIAS = 55.0, 0.1
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -66,13 +67,14 @@ def cifar_whitened_of(dataset) -> tuple[np.ndarray, np.ndarray]:
 def array_data(dataset) -> tuple[ArrayData, ArrayData]:
     """(train, test) ArrayData on the CPU for an in-memory dataset, preprocessed as the paper."""
     ytr, yte = torch.from_numpy(dataset.train_y.astype(np.int64)), torch.from_numpy(dataset.test_y.astype(np.int64))
-    if dataset.name in ("mnist", "mnist-sample"):
+    kind = DATASETS[dataset.name].preprocess
+    if kind == "scale256":
         return (ArrayData(torch.from_numpy(dataset.train_x), ytr, scale_256),
                 ArrayData(torch.from_numpy(dataset.test_x), yte, scale_256))
-    if dataset.name == "cifar10":
+    if kind == "gcn-zca":
         tr, te = cifar_whitened_of(dataset)
         return ArrayData(torch.from_numpy(tr), ytr, identity), ArrayData(torch.from_numpy(te), yte, identity)
-    raise ValueError(f"no array preprocessing for dataset {dataset.name!r}")
+    raise ValueError(f"no array preprocessing for dataset {dataset.name!r} (preprocess {kind!r})")
 
 
 def imagenet_transforms(train: bool):

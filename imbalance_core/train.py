@@ -17,42 +17,12 @@ import torch.nn.functional as F
 from torch.func import functional_call, stack_module_state, vmap
 
 from .losses import cross_entropy
+from .specs import DATASETS as _SPECS
+from .specs import Schedule  # noqa: F401  (re-exported: the schedule of a dataset)
 from .models import param_lr_mults
 
 
-@dataclass(frozen=True)
-class Schedule:
-    """SGD schedule of one dataset (STUDY.md, "Networks and training")."""
-    iterations: int
-    batch_size: int
-    base_lr: float
-    momentum: float
-    weight_decay: float
-    policy: str                                  # 'inv' | 'multistep' | 'linear'
-    milestones: tuple[float, ...] = ()           # multistep: fractions of `iterations`
-    gamma: float = 0.1                           # multistep factor; inv: gamma of Caffe's inv policy
-    power: float = 0.75                          # inv policy power
-
-    def lr(self, t: int) -> float:
-        if self.policy == "inv":                 # Caffe: base_lr * (1 + gamma * t) ^ -power
-            return self.base_lr * (1.0 + self.gamma * t) ** (-self.power)
-        if self.policy == "multistep":
-            passed = sum(t >= round(m * self.iterations) for m in self.milestones)
-            return self.base_lr * self.gamma ** passed
-        if self.policy == "linear":
-            return self.base_lr * max(0.0, 1.0 - t / self.iterations)
-        raise ValueError(f"lr policy {self.policy!r} is unknown; choose inv, multistep or linear")
-
-
-SCHEDULES = {
-    # LeNet-5: lr_t = 0.01 (1 + 1e-4 t)^-0.75, batch 64, wd 5e-4, 10,000 iterations
-    "mnist": Schedule(10_000, 64, 0.01, 0.9, 5e-4, "inv", gamma=1e-4, power=0.75),
-    # All-CNN-C: batch 256, wd 1e-3, 70,000 iterations, x0.1 at 40k, 50k, 60k; base lr searched
-    "cifar10": Schedule(70_000, 256, 0.05, 0.9, 1e-3, "multistep", milestones=(4 / 7, 5 / 7, 6 / 7)),
-    # ResNet-10: lr 0.1 decaying linearly to 0, batch 256, wd 1e-4, 320,000 iterations
-    "imagenet": Schedule(320_000, 256, 0.1, 0.9, 1e-4, "linear"),
-}
-SCHEDULES["mnist-sample"] = SCHEDULES["mnist"]
+SCHEDULES = {name: spec.schedule for name, spec in _SPECS.items()}   # a view of the dataset registry
 CIFAR10_BASE_LRS = (0.05, 0.005, 0.0005, 0.00005)
 
 

@@ -28,7 +28,8 @@ from .loaders import BACKENDS, InMemoryDataset, TensorLoader, TorchLoader, eval_
 from . import losses as L
 from . import methods as M
 from .metrics import evaluate, posthoc
-from .models import MODEL_FOR_DATASET, MODELS, build_model, reinit_last
+from . import specs as S
+from .models import MODELS, build_model, reinit_last
 from .preprocess import ImageFiles, array_data, imagenet_transforms
 from .sampling import SamplingPlan
 from .train import Schedule, StackedNets, TrainStats, predict, schedule_for, train
@@ -64,7 +65,7 @@ class TrialConfig:
 
     @property
     def n(self) -> int:
-        return int(self.n_per_class or D.N_PER_CLASS[self.dataset])
+        return int(self.n_per_class or S.get(self.dataset).n_per_class)
 
     @property
     def schedule(self) -> Schedule:
@@ -72,7 +73,7 @@ class TrialConfig:
 
     @property
     def model(self) -> str:
-        return MODEL_FOR_DATASET[self.dataset]
+        return S.get(self.dataset).model
 
 
 def resolve_device(device: str) -> torch.device:
@@ -92,18 +93,15 @@ def resolve_loader(config: TrialConfig) -> str:
         raise ValueError(f"loader={config.loader!r} is unknown; choose one of {', '.join(BACKENDS)}")
     if config.loader != "auto":
         return config.loader
-    # measured (benchmarks/loaders.py): tensor 15.8x the DataLoader on MNIST, FFCV 3.5x on JPEG ImageNet
-    return "ffcv" if config.dataset == "imagenet" else "tensor"
+    return S.get(config.dataset).default_loader
 
 
-NUM_CLASSES = {"mnist": 10, "mnist-sample": 10, "cifar10": 10}   # ImageNet: known once its folders are read
 
 
 def validate(config: TrialConfig) -> None:
     """Every check that needs no data: raise ValueError naming the bad value before anything runs."""
-    if config.dataset not in D.DATASETS:
-        raise ValueError(f"dataset={config.dataset!r} is unknown; choose one of {', '.join(D.DATASETS)}")
-    if config.dataset != "mnist-sample" and not config.data_dir:
+    ds = S.get(config.dataset)                       # names an unknown dataset
+    if ds.needs_data_dir and not config.data_dir:
         raise ValueError(f"dataset={config.dataset!r} needs a data directory (--data-dir)")
     if config.imbalance not in PROFILES:
         raise ValueError(f"imbalance={config.imbalance!r} is unknown; choose one of {', '.join(PROFILES)}")
@@ -115,7 +113,7 @@ def validate(config: TrialConfig) -> None:
         raise ValueError(f"n_per_class={config.n_per_class!r} is not allowed: need an integer >= 1")
     if config.batch_size is not None and int(config.batch_size) < 1:
         raise ValueError(f"batch_size={config.batch_size!r} is not allowed: need an integer >= 1")
-    counts = class_counts(config.imbalance, config.n, NUM_CLASSES.get(config.dataset, 1000), config.rho, config.mu)
+    counts = class_counts(config.imbalance, config.n, ds.num_classes, config.rho, config.mu)
     if spec.needs_level:
         SamplingPlan.check_level(spec.phases[0].sampler, counts, config.level)
     config.schedule  # validates iterations and lr
