@@ -193,8 +193,16 @@ def _train_phase(c0, ds, train_data, test_data, backend, schedule, device, stack
     return states, np.stack(scores), stats, kept
 
 
+def phase1_key(config: TrialConfig) -> str:
+    """The phase-1 network a config trains first (shared by e.g. `ros` and `two-phase-ros` of one subset
+    and seed): a string, so that a caller can store that network's state under it (see run_trials)."""
+    return json.dumps([config.imbalance, config.rho, config.mu, config.seed, phases(config.method)[0],
+                       config.level])
+
+
 def run_trials(configs: list[TrialConfig], log=None, stack: bool | None = None,
-               cache_features: bool = True) -> list[dict]:
+               cache_features: bool = True, *, done: dict[int, dict] | None = None,
+               phase1: dict[str, dict] | None = None, on_network_done=None, on_phase1_done=None) -> list[dict]:
     """Train and evaluate every config of a pack (same dataset and schedule); one result dict each.
 
     stack: train the pack's networks as one vmap-stacked model (default on CUDA, where it pays) or one
@@ -202,6 +210,14 @@ def run_trials(configs: list[TrialConfig], log=None, stack: bool | None = None,
     one dataset load and one set of test batches).
     cache_features: run phase 2 of two-phase methods on cached features where that is exact
     (imbalance_core/frozen.py; LeNet-5 on in-memory arrays); False fine-tunes the whole network.
+
+    Resuming a pack that was cut off (a checkpoint per finished network):
+    on_network_done(i, result): called as soon as network i's result is final (on CPU one network after
+        another; stacked, after each phase); the result is the one returned at the end.
+    on_phase1_done(key, state): called when a phase-1 network that a two-phase network still needs is
+        trained; `state` = {"state_dict": ..., "stats": {...}} (tensors on the CPU, plain values).
+    done: {i: result} of networks already finished: not trained again, returned as given.
+    phase1: {key: state} from on_phase1_done: those phase-1 networks are not trained again.
     """
     configs = [c if isinstance(c, TrialConfig) else TrialConfig.from_dict(c) for c in configs]
     if not configs:
@@ -209,57 +225,33 @@ def run_trials(configs: list[TrialConfig], log=None, stack: bool | None = None,
     for c in configs:
         validate(c)
     _check_pack(configs)
+    done = {int(i): r for i, r in (done or {}).items()}
+    bad = sorted(set(done) - set(range(len(configs))))
+    if bad:
+        raise ValueError(f"done= names networks {bad} that are not in the pack (0..{len(configs) - 1})")
+    phase1 = dict(phase1 or {})
+    todo = [i for i in range(len(configs)) if i not in done]
+    if not todo:
+        return [done[i] for i in range(len(configs))]
     c0 = configs[0]
     device, backend, schedule = resolve_device(c0.device), resolve_loader(c0), c0.schedule
     ds, train_data, test_data = load_prepared(c0.dataset, c0.data_dir)
     labels = np.asarray(ds.train_y)
-    subsets = [make_subset(labels, c.dataset, c.imbalance, c.n, c.rho, c.mu, c.seed) for c in configs]
+    subsets = {i: make_subset(labels, configs[i].dataset, configs[i].imbalance, configs[i].n, configs[i].rho,
+                              configs[i].mu, configs[i].seed) for i in todo}
+    y_test = np.asarray(ds.test_y if test_data is None else test_data.y.numpy())
     t_start = time.perf_counter()
 
     stack = device.type == "cuda" if stack is None else stack
     cached_phase2 = cache_features and frozen.can_cache(MODELS[c0.model], backend)
     phase = functools.partial(_train_phase, c0, ds, train_data, test_data, backend, schedule, device, stack)
+    scores: dict[int, np.ndarray] = {}
+    stats: dict[int, list[TrainStats]] = {}
+    results: dict[int, dict] = dict(done)
 
-    # Phase 1: every distinct (subset, sampler, level, seed) network once.
-    groups: dict[tuple, list[int]] = {}
-    for i, c in enumerate(configs):
-        groups.setdefault((c.imbalance, c.rho, c.mu, c.seed, phases(c.method)[0], c.level), []).append(i)
-    keys = list(groups)
-    net_of = {i: j for j, k in enumerate(keys) for i in groups[k]}
-    models = [build_model(c0.model, ds.num_classes, seed=k[3]) for k in keys]
-    plans = [SamplingPlan(subsets[groups[k][0]], labels, sampler=k[4], level=k[5], seed=k[3], stream_id=1)
-             for k in keys]
-    two = [i for i, c in enumerate(configs) if len(phases(c.method)) == 2]
-    states1, test1, stats1, features1 = phase(models, plans, log=log,
-                                              keep_features={net_of[i] for i in two} if cached_phase2 else ())
-    scores = {i: test1[net_of[i]] for i in range(len(configs))}
-    stats = {i: [stats1[net_of[i]]] for i in range(len(configs))}
-
-    # Phase 2 (two-phase methods): fine-tune the last layer(s) on the imbalanced subset, lr x 0.1.
-    if two:
-        models = []
-        for i in two:
-            m = build_model(c0.model, ds.num_classes, seed=configs[i].seed)
-            m.load_state_dict(states1[net_of[i]])
-            models.append(m)
-        plans = [SamplingPlan(subsets[i], labels, sampler="baseline", seed=configs[i].seed, stream_id=2) for i in two]
-        if cached_phase2:
-            test2, stats2 = frozen.finetune_heads(models, plans, train_data, test_data, schedule, device,
-                                                  FINETUNE_LR_SCALE, stack,
-                                                  test_features=[features1.get(net_of[i]) for i in two])
-        else:
-            _, test2, stats2, _ = phase(models, plans, lr_scale=FINETUNE_LR_SCALE, only_last=True)
-        for j, i in enumerate(two):
-            scores[i] = test2[j]
-            stats[i].append(stats2[j])
-
-    y_test = np.asarray(ds.test_y if test_data is None else test_data.y.numpy())
-    pack_seconds = time.perf_counter() - t_start
-    results = []
-    for i, c in enumerate(configs):
-        sub = subsets[i]
+    def finish(i: int) -> None:
+        c, sub, st = configs[i], subsets[i], stats[i]
         sampled = SamplingPlan(sub, labels, sampler=phases(c.method)[0], level=c.level).counts
-        st = stats[i]
         m = evaluate(y_test, scores[i], sub.priors)
         m.update({
             "train_examples": int(len(sub.indices)),
@@ -275,14 +267,67 @@ def run_trials(configs: list[TrialConfig], log=None, stack: bool | None = None,
             "images_per_second": st[0].images_per_second,
             "final_loss": st[-1].final_loss[0],
             "pack_size": len(configs),
-            "pack_seconds": pack_seconds,
+            "pack_seconds": time.perf_counter() - t_start,   # from the pack's start to this network's end
             "device": str(device),
             "loader": backend,
             "model": c0.model,
             "test_examples": int(len(y_test)),
         })
-        results.append(m)
-    return results
+        results[i] = m
+        if on_network_done is not None:
+            on_network_done(i, m)
+
+    # Phase 1: every distinct (subset, sampler, level, seed) network once; one that only two-phase
+    # networks still need and whose state is given (`phase1`) is not trained again.
+    groups: dict[str, list[int]] = {}
+    for i in todo:
+        groups.setdefault(phase1_key(configs[i]), []).append(i)
+    two = [i for i in todo if len(phases(configs[i].method)) == 2]
+    given = {k for k, members in groups.items() if k in phase1 and all(i in two for i in members)}
+    keys = [k for k in groups if k not in given]
+    states1: dict[str, dict] = {k: phase1[k]["state_dict"] for k in given}
+    stats1: dict[str, TrainStats] = {k: TrainStats(**phase1[k]["stats"]) for k in given}
+    features1: dict[str, torch.Tensor] = {}
+    models = [build_model(c0.model, ds.num_classes, seed=configs[groups[k][0]].seed) for k in keys]
+    plans = [SamplingPlan(subsets[groups[k][0]], labels, sampler=phases(configs[groups[k][0]].method)[0],
+                          level=configs[groups[k][0]].level, seed=configs[groups[k][0]].seed, stream_id=1)
+             for k in keys]
+    keep = {j for j, k in enumerate(keys) if any(i in two for i in groups[k])} if cached_phase2 else set()
+    for g in ([list(range(len(keys)))] if stack else [[j] for j in range(len(keys))]) if keys else []:
+        st1, te1, sts1, f1 = phase([models[j] for j in g], [plans[j] for j in g], log=log,
+                                   keep_features={n for n, j in enumerate(g) if j in keep})
+        for n, j in enumerate(g):
+            k = keys[j]
+            states1[k], stats1[k] = st1[n], sts1[n]
+            if n in f1:
+                features1[k] = f1[n]
+            if on_phase1_done is not None and any(i in two for i in groups[k]):
+                on_phase1_done(k, {"state_dict": st1[n], "stats": dataclasses.asdict(sts1[n])})
+            for i in groups[k]:
+                scores[i], stats[i] = te1[n], [sts1[n]]
+                if i not in two:
+                    finish(i)
+
+    # Phase 2 (two-phase methods): fine-tune the last layer(s) on the imbalanced subset, lr x 0.1.
+    for part in ([two] if stack else [[i] for i in two]) if two else []:
+        models = []
+        for i in part:
+            m = build_model(c0.model, ds.num_classes, seed=configs[i].seed)
+            m.load_state_dict(states1[phase1_key(configs[i])])
+            models.append(m)
+        plans = [SamplingPlan(subsets[i], labels, sampler="baseline", seed=configs[i].seed, stream_id=2)
+                 for i in part]
+        if cached_phase2:
+            test2, stats2 = frozen.finetune_heads(models, plans, train_data, test_data, schedule, device,
+                                                  FINETUNE_LR_SCALE, stack,
+                                                  test_features=[features1.get(phase1_key(configs[i])) for i in part])
+        else:
+            _, test2, stats2, _ = phase(models, plans, lr_scale=FINETUNE_LR_SCALE, only_last=True)
+        for j, i in enumerate(part):
+            scores[i] = test2[j]
+            stats[i] = [stats1[phase1_key(configs[i])], stats2[j]]
+            finish(i)
+    return [results[i] for i in range(len(configs))]
 
 
 def run_trial(config: TrialConfig | dict, log=None) -> dict:
