@@ -202,7 +202,7 @@ def phase1_key(config: TrialConfig) -> str:
 
 def run_trials(configs: list[TrialConfig], log=None, stack: bool | None = None,
                cache_features: bool = True, *, done: dict[int, dict] | None = None,
-               phase1: dict[str, dict] | None = None, on_network_done=None, on_phase1_done=None) -> list[dict]:
+               phase1: dict[str, dict] | None = None, on_progress=None) -> list[dict]:
     """Train and evaluate every config of a pack (same dataset and schedule); one result dict each.
 
     stack: train the pack's networks as one vmap-stacked model (default on CUDA, where it pays) or one
@@ -212,12 +212,13 @@ def run_trials(configs: list[TrialConfig], log=None, stack: bool | None = None,
     (imbalance_core/frozen.py; LeNet-5 on in-memory arrays); False fine-tunes the whole network.
 
     Resuming a pack that was cut off (a checkpoint per finished network):
-    on_network_done(i, result): called as soon as network i's result is final (on CPU one network after
-        another; stacked, after each phase); the result is the one returned at the end.
-    on_phase1_done(key, state): called when a phase-1 network that a two-phase network still needs is
-        trained; `state` = {"state_dict": ..., "stats": {...}} (tensors on the CPU, plain values).
+    on_progress(finished, phase1_states): called after every training step, the moment to checkpoint:
+        on CPU after each network, stacked after each phase. `finished` = {i: result} of the networks
+        whose result became final in that step (the results returned at the end); `phase1_states` =
+        {phase1_key: {"state_dict": ..., "stats": {...}}} of the phase-1 networks trained in that step
+        that a two-phase network of the pack still needs (tensors on the CPU, plain values).
     done: {i: result} of networks already finished: not trained again, returned as given.
-    phase1: {key: state} from on_phase1_done: those phase-1 networks are not trained again.
+    phase1: {phase1_key: state} as on_progress gave them: those phase-1 networks are not trained again.
     """
     configs = [c if isinstance(c, TrialConfig) else TrialConfig.from_dict(c) for c in configs]
     if not configs:
@@ -248,6 +249,13 @@ def run_trials(configs: list[TrialConfig], log=None, stack: bool | None = None,
     scores: dict[int, np.ndarray] = {}
     stats: dict[int, list[TrainStats]] = {}
     results: dict[int, dict] = dict(done)
+    step: tuple[dict, dict] = ({}, {})        # finished networks and phase-1 states since the last on_progress
+
+    def progress() -> None:
+        if on_progress is not None and (step[0] or step[1]):
+            on_progress(dict(step[0]), dict(step[1]))
+        step[0].clear()
+        step[1].clear()
 
     def finish(i: int) -> None:
         c, sub, st = configs[i], subsets[i], stats[i]
@@ -274,8 +282,7 @@ def run_trials(configs: list[TrialConfig], log=None, stack: bool | None = None,
             "test_examples": int(len(y_test)),
         })
         results[i] = m
-        if on_network_done is not None:
-            on_network_done(i, m)
+        step[0][i] = m
 
     # Phase 1: every distinct (subset, sampler, level, seed) network once; one that only two-phase
     # networks still need and whose state is given (`phase1`) is not trained again.
@@ -301,12 +308,13 @@ def run_trials(configs: list[TrialConfig], log=None, stack: bool | None = None,
             states1[k], stats1[k] = st1[n], sts1[n]
             if n in f1:
                 features1[k] = f1[n]
-            if on_phase1_done is not None and any(i in two for i in groups[k]):
-                on_phase1_done(k, {"state_dict": st1[n], "stats": dataclasses.asdict(sts1[n])})
+            if any(i in two for i in groups[k]):
+                step[1][k] = {"state_dict": st1[n], "stats": dataclasses.asdict(sts1[n])}
             for i in groups[k]:
                 scores[i], stats[i] = te1[n], [sts1[n]]
                 if i not in two:
                     finish(i)
+        progress()
 
     # Phase 2 (two-phase methods): fine-tune the last layer(s) on the imbalanced subset, lr x 0.1.
     for part in ([two] if stack else [[i] for i in two]) if two else []:
@@ -327,6 +335,7 @@ def run_trials(configs: list[TrialConfig], log=None, stack: bool | None = None,
             scores[i] = test2[j]
             stats[i] = [stats1[phase1_key(configs[i])], stats2[j]]
             finish(i)
+        progress()
     return [results[i] for i in range(len(configs))]
 
 
