@@ -132,7 +132,7 @@ def train_pack(config: dict) -> None:
     def report(metrics: dict, trained: list[int]) -> None:
         with tempfile.TemporaryDirectory(prefix="pack-ckpt-") as d:
             _save_pack_checkpoint(d, configs, done, phase1)
-            tune.report({**metrics, "networks_done": len(done), "n_networks": len(configs),
+            tune.report({**metrics, "networks_done": len(done), "n_networks": len(configs), "node_id": node,
                          "resumed_from": resumed_from, "trained_now": json.dumps(trained)},
                         checkpoint=tune.Checkpoint.from_directory(d))
 
@@ -623,7 +623,7 @@ def run_sweep(plan: Plan, a) -> int:
                 run_config=tune.RunConfig(
                     name=plan.sweep, storage_path=str(plan.sweep_dir.parent), verbose=0,
                     failure_config=tune.FailureConfig(max_failures=a.max_failures),
-                    checkpoint_config=tune.CheckpointConfig(num_to_keep=1),   # a pack's latest progress
+                    checkpoint_config=tune.CheckpointConfig(num_to_keep=2),   # a pack's latest progress
                     callbacks=[MlflowLogger(plan.tracking_uri, plan.sweep),
                                Progress(plan.sweep, plan.n_trials, plan.n_networks)]))
         try:
