@@ -2,8 +2,12 @@
 types as a local autoscaling cluster on Ray's fake multi-node provider.
 
     python -m sweeps.cluster validate [cluster.yaml]
-    python -m sweeps.cluster render [cluster.yaml] -o my-cluster.yaml   # fill placeholders from env
+    python -m sweeps.cluster render [cluster.yaml] -o my-cluster.yaml   # fill placeholders from env, pin the commit
     python -m sweeps.cluster fake-config [cluster.yaml] --port 6379     # print the fake-provider config
+    python -m sweeps.cluster gpu-smoke [--address auto]                 # on the head: CUDA really used on a GPU node?
+
+`aws_node_types` / `autoscaler_launches` run Ray's own AWS resource filling and v1 node choice on
+cluster.yaml's node types (which types `ray up`'s autoscaler would start for N pending trials).
 
 `LocalCluster(fake_provider_config(load_cluster_yaml('cluster.yaml'), head_port))` starts a head
 with Ray's autoscaler (v2) on this machine: the GPU worker types of cluster.yaml then come up as

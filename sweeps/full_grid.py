@@ -4,13 +4,16 @@
     python sweeps/full_grid.py [--preset quick] [--datasets ..] [--methods ..] [--rho ..] [--mu ..]
         [--imbalance ..] [--repetitions N] [--iterations N] [--data-dir DIR] [--name NAME]
         [--tracking-uri URI] [--storage-path DIR] [--address ADDR] [--cpus-per-trial 1]
-        [--gpus-per-trial 0] [--pack-size N] [--max-failures 2] [--max-concurrent N] [--resume] [--dry-run]
+        [--gpus-per-trial 0] [--pack-size N] [--gpu-memory-gb G] [--max-failures 2] [--max-concurrent N]
+        [--resume] [--dry-run [--gpus N] [--price-per-gpu-hour P]]
 
 One Tune trial trains a pack of networks (`--pack-size`, default the preset's) with
 `imbalance_core.trial.run_trials` and reports their results once; the driver logs them to MLflow
 (`sweeps.tracking`, layout in docs/SWEEP_CONTRACT.md), exactly once per network. Tune keeps the
 sweep in `<storage-path>/<name>` (default `./runs/ray/<preset>`); `--resume` continues it, re-running
-only trials that did not finish, and then makes sure every finished network is in MLflow.
+only trials that did not finish, and then makes sure every finished network is in MLflow. A pack
+checkpoints after each finished network, so a retried or resumed trial trains only what it had not
+finished. `--resume --tracking-uri NEW` moves a sweep to a new tracking server (a replaced head).
 
 Ray: local by default (`ray.init(address="local", num_cpus=os.cpu_count(), num_gpus=<CUDA devices>)`);
 `--address auto` (or $RAY_ADDRESS) joins a running cluster, e.g. one started by `ray up cluster.yaml`.

@@ -92,3 +92,18 @@ def test_all_done_trains_nothing_and_bad_done_is_refused(full, count_training):
     fake = {phase1_key(configs[1]): {"state_dict": {}, "stats": dataclasses.asdict(T.TrainStats(1, 1, 1.0, [0.0]))}}
     r = run_trials(configs[1:2], phase1=fake)
     assert untimed(r[0]) == {**untimed(results[1]), "pack_size": 1}
+
+
+def test_stacked_pack_checkpoints_per_phase_and_resumes_after_phase_1(count_training):
+    """Stacked (the CUDA default; here on CPU): one step per phase. Cut after phase 1, the resumed pack
+    trains only the two fine-tunings, stacked, and ends with the uninterrupted results."""
+    configs = [TrialConfig(**SAMPLE, method=m, seed=0) for m in METHODS]
+    steps = []
+    results = run_trials(configs, stack=True, on_progress=lambda fin, p1: steps.append((fin, p1)))
+    assert [sorted(fin) for fin, _ in steps] == [[0, 1, 2], [3, 4]]
+    assert sorted(steps[0][1]) == sorted({phase1_key(configs[3]), phase1_key(configs[4])}) and steps[1][1] == {}
+    assert count_training == [(3, "phase1"), (2, "phase2")]
+    count_training.clear()
+    resumed = run_trials(configs, stack=True, done=steps[0][0], phase1=steps[0][1])
+    assert count_training == [(2, "phase2")]
+    assert [untimed(r) for r in resumed] == [untimed(r) for r in results]
