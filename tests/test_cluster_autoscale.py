@@ -150,6 +150,8 @@ def test_setup_commands_are_valid_shell_and_install_what_ffcv_needs(cfg):
     assert "cloud-init status --wait" in apt
     assert all("DPkg::Lock::Timeout=" in part for part in apt.split("&&") if "apt-get" in part)
     assert apt.index("cloud-init") < apt.index("apt-get")
+    # a node that comes later (a replacement) reuses the wheels the first one downloaded and built
+    assert "PIP_CACHE_DIR=/shared/cache/pip bash scripts/setup.sh" in "\n".join(cfg["setup_commands"])
 
 
 def test_render_pins_one_commit_for_every_node(cfg):
