@@ -4,10 +4,12 @@ a) the node training a pack is killed mid-pack (a spot reclaim): the retried tri
    resumes from the pack's last finished network; counted from every progress report Tune recorded,
    no finished network is trained twice, and MLflow holds each network once;
 b) the head moved (its MLflow server has a new address): `--resume` alone stops with a clear error
-   naming the way out, `--resume --tracking-uri NEW` finishes the sweep against the new server.
+   naming the way out, `--resume --tracking-uri NEW` finishes the sweep against the new server;
+c) `python -m sweeps.cluster gpu-smoke` on a GPU node without CUDA fails loudly (exit 1, the cause).
 
 The tracking URI of a) carries the '\\r' that a head IP captured through `ray exec` ends in.
-Measured on 2 shared cores: about 2-3 min in all (two MLflow server starts, two short sweeps).
+Measured on 2 cores shared with other test runs: about 6.5 min in all (a) 4 min, b) 2.5 min: two
+MLflow server starts, three short sweeps; c) 10 s); alone on the machine it should be well under that.
 """
 from __future__ import annotations
 
@@ -256,3 +258,22 @@ def test_resume_after_the_head_moved_needs_and_takes_the_new_tracking_uri(cluste
         assert rc == 0 and "tracking server moved" not in out, out + err
     finally:
         new.stop()
+
+
+# --------------------------------------------------------------------------- c) the GPU smoke test on a cluster
+
+def test_gpu_smoke_command_fails_loudly_on_a_gpu_node_without_cuda(cluster, capsys):
+    """`python -m sweeps.cluster gpu-smoke` sends one num_gpus=1 task to the cluster. Here the GPU node's
+    GPU is logical only (no CUDA), as on a node whose driver cannot run torch's CUDA build: exit 1, naming why."""
+    import torch
+    gpu_node = cluster.add_node(num_cpus=1, num_gpus=1)
+    try:
+        rc = C.main(["gpu-smoke", "--address", cluster.address])
+        err = capsys.readouterr().err
+        if torch.cuda.is_available():                 # a real GPU machine: the smoke test passes
+            assert rc == 0, err
+            return
+        assert rc == 1, err
+        assert "GPU SMOKE TEST FAILED" in err and "CUDA is not available" in err and "driver >= 580" in err
+    finally:
+        cluster.remove_node(gpu_node)
