@@ -12,7 +12,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
+import hashlib
 import json
+import math
 import os
 import sys
 import time
@@ -34,7 +36,6 @@ from .preprocess import ImageFiles, array_data, imagenet_transforms
 from .sampling import SamplingPlan
 from .train import Schedule, StackedNets, TrainStats, predict, schedule_for, train
 
-FINETUNE_LR_SCALE = 0.1           # two-phase: phase 2 base lr = base lr x 0.1 (STUDY.md)
 
 
 @dataclass(frozen=True)
@@ -169,12 +170,13 @@ def _check_pack(configs: list[TrialConfig]) -> None:
 
 
 def _train_phase(c0, ds, train_data, test_data, backend, schedule, device, stack, models, plans,
-                 lr_scale=1.0, only_last=False, log=None, keep_features=(), losses=None):
+                 lr_scale=1.0, only_last=False, log=None, keep_features=(), losses=None, windows=None):
     """Train `models` on `plans` (stacked in one vmap, or one after another), then score the test set.
 
     losses: one loss function per model (None: cross-entropy for all).
     Returns (state dicts, test scores (K, N, C), per-network TrainStats with that network's share of time,
     test-set features of the networks in `keep_features` (scored through features + head; one pass)).
+    `windows`, a dict, gets each network's wall-clock (start, end) of its training loop (time.time() s).
     """
     groups = [list(range(len(models)))] if stack else [[k] for k in range(len(models))]
     states, scores, stats = [None] * len(models), [None] * len(models), [None] * len(models)
@@ -185,6 +187,7 @@ def _train_phase(c0, ds, train_data, test_data, backend, schedule, device, stack
         st = train(nets, loader, schedule, lr_scale=lr_scale, only_last=only_last,
                    log_every=max(1, schedule.iterations // 10) if log else 0, log=log or print,
                    losses=None if losses is None else [losses[k] for k in g])
+        w1 = time.time()                          # the timed training loop ran [w1 - st.seconds, w1]
         if len(g) == 1 and g[0] in keep_features:
             kept[g[0]] = f = frozen.features(nets.module, test_data.to(device))
             with torch.no_grad():
@@ -194,6 +197,8 @@ def _train_phase(c0, ds, train_data, test_data, backend, schedule, device, stack
         for j, (k, sd) in enumerate(zip(g, nets.state_dicts())):
             states[k], scores[k] = sd, sc[j]
             stats[k] = TrainStats(st.iterations, st.images // len(g), st.seconds / len(g), [st.final_loss[j]])
+            if windows is not None:
+                windows[k] = (w1 - st.seconds, w1)
     return states, np.stack(scores), stats, kept
 
 
@@ -211,8 +216,18 @@ def _tau_norm_inputs(model_name, num_classes, spec, state, features, test_data, 
     return features.cpu().numpy(), state[f"{head}.weight"].numpy()
 
 
+def phase1_key(config: TrialConfig) -> str:
+    """The phase-1 network a config trains first, shared by the methods whose networks are identical through
+    phase 1 (`ros` and `two-phase-ros`, `baseline` and `crt` of one subset and seed: methods.phase1_key); a
+    string, so that a caller can store that network's state under it (see run_trials)."""
+    p, params, head = M.phase1_key(M.get(config.method))
+    return json.dumps([config.imbalance, config.rho, config.mu, config.seed, config.level,
+                       dataclasses.asdict(p), [list(kv) for kv in params], head])
+
+
 def run_trials(configs: list[TrialConfig], log=None, stack: bool | None = None,
-               cache_features: bool = True) -> list[dict]:
+               cache_features: bool = True, *, done: dict[int, dict] | None = None,
+               phase1: dict[str, dict] | None = None, on_progress=None) -> list[dict]:
     """Train and evaluate every config of a pack (same dataset and schedule); one result dict each.
 
     stack: train the pack's networks as one vmap-stacked model (default on CUDA, where it pays) or one
@@ -220,6 +235,15 @@ def run_trials(configs: list[TrialConfig], log=None, stack: bool | None = None,
     one dataset load and one set of test batches).
     cache_features: run phase 2 of two-phase methods on cached features where that is exact
     (imbalance_core/frozen.py; LeNet-5 on in-memory arrays); False fine-tunes the whole network.
+
+    Resuming a pack that was cut off (a checkpoint per finished network):
+    on_progress(finished, phase1_states): called after every training step, the moment to checkpoint:
+        on CPU after each network, stacked after each phase. `finished` = {i: result} of the networks
+        whose result became final in that step (the results returned at the end); `phase1_states` =
+        {phase1_key: {"state_dict": ..., "stats": {...}, "window": [start, end]}} of the phase-1 networks
+        trained in that step that a two-phase network of the pack still needs (CPU tensors, plain values).
+    done: {i: result} of networks already finished: not trained again, returned as given.
+    phase1: {phase1_key: state} as on_progress gave them: those phase-1 networks are not trained again.
     """
     configs = [c if isinstance(c, TrialConfig) else TrialConfig.from_dict(c) for c in configs]
     if not configs:
@@ -227,99 +251,150 @@ def run_trials(configs: list[TrialConfig], log=None, stack: bool | None = None,
     for c in configs:
         validate(c)
     _check_pack(configs)
+    done = {int(i): r for i, r in (done or {}).items()}
+    bad = sorted(set(done) - set(range(len(configs))))
+    if bad:
+        raise ValueError(f"done= names networks {bad} that are not in the pack (0..{len(configs) - 1})")
+    phase1 = dict(phase1 or {})
+    todo = [i for i in range(len(configs)) if i not in done]
+    if not todo:
+        return [done[i] for i in range(len(configs))]
     c0 = configs[0]
     device, backend, schedule = resolve_device(c0.device), resolve_loader(c0), c0.schedule
     ds, train_data, test_data = load_prepared(c0.dataset, c0.data_dir)
     labels = np.asarray(ds.train_y)
-    specs = [M.get(c.method) for c in configs]
-    subsets = [make_subset(labels, c.dataset, c.imbalance, c.n, c.rho, c.mu, c.seed) for c in configs]
+    specs = {i: M.get(configs[i].method) for i in todo}
+    subsets = {i: make_subset(labels, configs[i].dataset, configs[i].imbalance, configs[i].n, configs[i].rho,
+                              configs[i].mu, configs[i].seed) for i in todo}
+    y_test = np.asarray(ds.test_y if test_data is None else test_data.y.numpy())
     t_start = time.perf_counter()
 
     stack = device.type == "cuda" if stack is None else stack
     cached_phase2 = cache_features and frozen.can_cache(MODELS[c0.model], backend)
     phase = functools.partial(_train_phase, c0, ds, train_data, test_data, backend, schedule, device, stack)
     build = functools.partial(build_model, c0.model, ds.num_classes)
+    scores: dict[int, np.ndarray] = {}
+    stats: dict[int, list[TrainStats]] = {}
+    windows: dict[int, tuple[float, float]] = {}       # wall-clock (start, end) of each network's training
+    final_state: dict[int, dict] = {}
+    features: dict[int, torch.Tensor | None] = {}      # test-set features, where phase 1 computed them
+    results: dict[int, dict] = dict(done)
+    step: tuple[dict, dict] = ({}, {})        # finished networks and phase-1 states since the last on_progress
 
-    # Phase 1: every distinct network once (ROS and two-phase ROS, baseline and cRT share it: methods.phase1_key).
-    groups: dict[tuple, list[int]] = {}
-    for i, (c, spec) in enumerate(zip(configs, specs)):
-        groups.setdefault((c.imbalance, c.rho, c.mu, c.seed, c.level, M.phase1_key(spec)), []).append(i)
-    keys = list(groups)
-    first = [groups[k][0] for k in keys]                 # a representative config of each phase-1 network
-    net_of = {i: j for j, k in enumerate(keys) for i in groups[k]}
-    models = [build(seed=configs[i].seed, head=specs[i].head) for i in first]
-    plans = [SamplingPlan(subsets[i], labels, sampler=specs[i].phases[0].sampler, level=configs[i].level,
-                          seed=configs[i].seed, stream_id=1) for i in first]
-    losses = [L.build(specs[i].phases[0].loss, subsets[i].counts, schedule.iterations, specs[i].param_dict, device)
-              for i in first]
-    two = [i for i, spec in enumerate(specs) if spec.two_phase]
-    keep = {net_of[i] for i in two} if cached_phase2 else set()
-    states1, test1, stats1, features1 = phase(models, plans, log=log, keep_features=keep, losses=losses)
-    scores = {i: test1[net_of[i]] for i in range(len(configs))}
-    stats = {i: [stats1[net_of[i]]] for i in range(len(configs))}
-    final_state = {i: states1[net_of[i]] for i in range(len(configs))}
-    features = {i: features1.get(net_of[i]) for i in range(len(configs))}
+    def progress() -> None:
+        if on_progress is not None and (step[0] or step[1]):
+            on_progress(dict(step[0]), dict(step[1]))
+        step[0].clear()
+        step[1].clear()
 
-    # Phase 2 (two-phase methods, cRT): the last layer(s) on a second stream, one group per kind of phase 2.
-    by_phase: dict[M.Phase, list[int]] = {}
-    for i in two:
-        by_phase.setdefault(specs[i].phases[1], []).append(i)
-    for ph, members in by_phase.items():
-        models = []
-        for i in members:
-            m = build(seed=configs[i].seed, head=specs[i].head)
-            m.load_state_dict(states1[net_of[i]])
-            models.append(reinit_last(m, configs[i].seed) if ph.reinit_last else m)
-        plans = [SamplingPlan(subsets[i], labels, sampler=ph.sampler, seed=configs[i].seed, stream_id=2)
-                 for i in members]
-        if cached_phase2 and ph.only_last:
-            test2, stats2, heads2 = frozen.finetune_heads(models, plans, train_data, test_data, schedule, device,
-                                                          ph.lr_scale, stack,
-                                                          test_features=[features1.get(net_of[i]) for i in members])
-            head = MODELS[c0.model].last_layers[-1]
-            states2 = [{**states1[net_of[i]], **{f"{head}.{k}": v for k, v in h.items()}}
-                       for i, h in zip(members, heads2)]
-        else:
-            states2, test2, stats2, _ = phase(models, plans, lr_scale=ph.lr_scale, only_last=ph.only_last)
-            for i in members:
-                features[i] = None
-        for j, i in enumerate(members):
-            scores[i] = test2[j]
-            stats[i].append(stats2[j])
-            final_state[i] = states2[j]
-
-    y_test = np.asarray(ds.test_y if test_data is None else test_data.y.numpy())
-    pack_seconds = time.perf_counter() - t_start
-    results = []
-    for i, c in enumerate(configs):
-        sub, spec = subsets[i], specs[i]
+    def finish(i: int) -> None:
+        c, sub, spec, st = configs[i], subsets[i], specs[i], stats[i]
         sampled = SamplingPlan(sub, labels, sampler=spec.phases[0].sampler, level=c.level).counts
-        st = stats[i]
         m = evaluate(y_test, scores[i], sub.priors)
-        f, w = _tau_norm_inputs(c0.model, ds.num_classes, spec, final_state[i], features[i], test_data, device)
+        f, w = _tau_norm_inputs(c0.model, ds.num_classes, spec, final_state[i], features.get(i), test_data, device)
         m.update(posthoc(y_test, scores[i], sub.priors, f, w))
         m.update({
             "train_examples": int(len(sub.indices)),
+            # the training subset's identity: sha256 of its indices into the training set (int64 LE)
+            "subset_digest": hashlib.sha256(np.asarray(sub.indices, dtype="<i8").tobytes()).hexdigest(),
             "class_counts": list(sub.counts),
             "sampled_counts": sampled,
             "epoch_examples": int(sum(sampled)),
             "iterations": st[0].iterations,
             "finetune_iterations": st[1].iterations if len(st) > 1 else 0,
-            "finetune_on": ("cached features" if cached_phase2 else "whole network") if len(st) > 1 else "",
+            "finetune_on": ("cached features" if cached_phase2 and spec.phases[-1].only_last else "whole network")
+            if len(st) > 1 else "",
             "batch_size": schedule.batch_size,
             "base_lr": schedule.base_lr,
             "train_seconds": sum(x.seconds for x in st),      # this network's share of the pack's time
+            "started_at": windows[i][0],      # wall clock (time.time()) when its training began
+            "ended_at": windows[i][1],        # ... and ended (two-phase: the end of its phase 2)
             "images_per_second": st[0].images_per_second,
             "final_loss": st[-1].final_loss[0],
             "pack_size": len(configs),
-            "pack_seconds": pack_seconds,
+            "pack_seconds": time.perf_counter() - t_start,   # from the pack's start to this network's end
             "device": str(device),
             "loader": backend,
             "model": c0.model,
             "test_examples": int(len(y_test)),
         })
-        results.append(m)
-    return results
+        results[i] = m
+        step[0][i] = m
+
+    # Phase 1: every distinct network once (ROS and two-phase ROS, baseline and cRT share it); one that only
+    # two-phase networks still need and whose state is given (`phase1`) is not trained again.
+    groups: dict[str, list[int]] = {}
+    for i in todo:
+        groups.setdefault(phase1_key(configs[i]), []).append(i)
+    two = [i for i in todo if specs[i].two_phase]
+    given = {k for k, members in groups.items() if k in phase1 and all(i in two for i in members)}
+    keys = [k for k in groups if k not in given]
+    rep = {k: groups[k][0] for k in groups}            # a representative network of each phase-1 network
+    states1: dict[str, dict] = {k: phase1[k]["state_dict"] for k in given}
+    stats1: dict[str, TrainStats] = {k: TrainStats(**phase1[k]["stats"]) for k in given}
+    windows1: dict[str, tuple] = {k: tuple(phase1[k].get("window", (math.nan, math.nan))) for k in given}
+    features1: dict[str, torch.Tensor] = {}
+    models = [build(seed=configs[rep[k]].seed, head=specs[rep[k]].head) for k in keys]
+    plans = [SamplingPlan(subsets[rep[k]], labels, sampler=specs[rep[k]].phases[0].sampler,
+                          level=configs[rep[k]].level, seed=configs[rep[k]].seed, stream_id=1) for k in keys]
+    losses = [L.build(specs[rep[k]].phases[0].loss, subsets[rep[k]].counts, schedule.iterations,
+                      specs[rep[k]].param_dict, device) for k in keys]
+    keep = {j for j, k in enumerate(keys) if any(i in two for i in groups[k])} if cached_phase2 else set()
+    for g in ([list(range(len(keys)))] if stack else [[j] for j in range(len(keys))]) if keys else []:
+        w: dict[int, tuple] = {}
+        st1, te1, sts1, f1 = phase([models[j] for j in g], [plans[j] for j in g], log=log,
+                                   keep_features={n for n, j in enumerate(g) if j in keep},
+                                   losses=[losses[j] for j in g], windows=w)
+        for n, j in enumerate(g):
+            k = keys[j]
+            states1[k], stats1[k], windows1[k] = st1[n], sts1[n], w[n]
+            if n in f1:
+                features1[k] = f1[n]
+            if any(i in two for i in groups[k]):
+                step[1][k] = {"state_dict": st1[n], "stats": dataclasses.asdict(sts1[n]), "window": list(w[n])}
+            for i in groups[k]:
+                scores[i], stats[i], windows[i] = te1[n], [sts1[n]], w[n]
+                final_state[i], features[i] = st1[n], f1.get(n)
+                if i not in two:
+                    finish(i)
+        progress()
+
+    # Phase 2 (two-phase methods, cRT): the last layer(s) on a second stream, by kind of phase 2.
+    by_phase: dict[M.Phase, list[int]] = {}
+    for i in two:
+        by_phase.setdefault(specs[i].phases[1], []).append(i)
+    for ph, members in by_phase.items():
+        for part in [members] if stack else [[i] for i in members]:
+            models = []
+            for i in part:
+                m = build(seed=configs[i].seed, head=specs[i].head)
+                m.load_state_dict(states1[phase1_key(configs[i])])
+                models.append(reinit_last(m, configs[i].seed) if ph.reinit_last else m)
+            plans = [SamplingPlan(subsets[i], labels, sampler=ph.sampler, seed=configs[i].seed, stream_id=2)
+                     for i in part]
+            w2: dict[int, tuple] = {}
+            if cached_phase2 and ph.only_last:
+                w0 = time.time()
+                test2, stats2, heads2 = frozen.finetune_heads(
+                    models, plans, train_data, test_data, schedule, device, ph.lr_scale, stack,
+                    test_features=[features1.get(phase1_key(configs[i])) for i in part])
+                w2 = dict.fromkeys(range(len(part)), (w0, time.time()))
+                head = MODELS[c0.model].last_layers[-1]
+                states2 = [{**states1[phase1_key(configs[i])], **{f"{head}.{n}": v for n, v in h.items()}}
+                           for i, h in zip(part, heads2)]
+                feats2 = [features1.get(phase1_key(configs[i])) for i in part]
+            else:
+                states2, test2, stats2, _ = phase(models, plans, lr_scale=ph.lr_scale, only_last=ph.only_last,
+                                                  windows=w2)
+                feats2 = [None] * len(part)
+            for j, i in enumerate(part):
+                k = phase1_key(configs[i])
+                scores[i], stats[i] = test2[j], [stats1[k], stats2[j]]
+                windows[i] = (windows1[k][0], w2[j][1])
+                final_state[i], features[i] = states2[j], feats2[j]
+                finish(i)
+            progress()
+    return [results[i] for i in range(len(configs))]
 
 
 def run_trial(config: TrialConfig | dict, log=None) -> dict:

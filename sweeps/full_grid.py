@@ -4,13 +4,16 @@
     python sweeps/full_grid.py [--preset quick] [--datasets ..] [--methods ..] [--rho ..] [--mu ..]
         [--imbalance ..] [--repetitions N] [--iterations N] [--data-dir DIR] [--name NAME]
         [--tracking-uri URI] [--storage-path DIR] [--address ADDR] [--cpus-per-trial 1]
-        [--gpus-per-trial 0] [--pack-size N] [--max-failures 2] [--max-concurrent N] [--resume] [--dry-run]
+        [--gpus-per-trial 0] [--pack-size N] [--gpu-memory-gb G] [--max-failures 2] [--max-concurrent N]
+        [--resume] [--dry-run [--gpus N] [--price-per-gpu-hour P]]
 
 One Tune trial trains a pack of networks (`--pack-size`, default the preset's) with
 `imbalance_core.trial.run_trials` and reports their results once; the driver logs them to MLflow
 (`sweeps.tracking`, layout in docs/SWEEP_CONTRACT.md), exactly once per network. Tune keeps the
 sweep in `<storage-path>/<name>` (default `./runs/ray/<preset>`); `--resume` continues it, re-running
-only trials that did not finish, and then makes sure every finished network is in MLflow.
+only trials that did not finish, and then makes sure every finished network is in MLflow. A pack
+checkpoints after each finished network, so a retried or resumed trial trains only what it had not
+finished. `--resume --tracking-uri NEW` moves a sweep to a new tracking server (a replaced head).
 
 Ray: local by default (`ray.init(address="local", num_cpus=os.cpu_count(), num_gpus=<CUDA devices>)`);
 `--address auto` (or $RAY_ADDRESS) joins a running cluster, e.g. one started by `ray up cluster.yaml`.
@@ -35,6 +38,7 @@ if __name__ == "__main__":
 
 import argparse
 import dataclasses
+import http.client
 import json
 import math
 import os
@@ -43,6 +47,7 @@ import re
 import statistics
 import threading
 import time
+import urllib.parse
 from dataclasses import dataclass
 
 import ray
@@ -65,31 +70,98 @@ ASSUMED_IMAGES_PER_SECOND = {
 }
 
 
+# --dry-run cost: the default price of one GPU-hour, US$: an AWS g5.2xlarge (1 A10G, 8 vCPU, 32 GiB; the
+# gpu_1x node of cluster.yaml) on demand in us-west-2, Linux (spot is usually well below). Override with
+# --price-per-gpu-hour for your region, market and instance type.
+DEFAULT_PRICE_PER_GPU_HOUR = 1.212
+
+
 class UsageError(ValueError):
     """Bad input: reported as one line, exit status 2, before Ray starts."""
 
 
 # --------------------------------------------------------------------------- the trainable (runs on workers)
 
+CHECKPOINT_RESULTS = "networks.json"   # a pack's checkpoint: {index: result} of its finished networks
+CHECKPOINT_PHASE1 = "phase1.pt"         # and the phase-1 states its unfinished two-phase networks need
+
+
+def load_pack_checkpoint(checkpoint, configs: list[TrialConfig]) -> tuple[dict[int, dict], dict[str, dict]]:
+    """({index: result}, {phase1_key: state}) from a pack's Tune checkpoint (empty without one)."""
+    if checkpoint is None:
+        return {}, {}
+    import torch
+    with checkpoint.as_directory() as d:
+        saved = json.loads((Path(d) / CHECKPOINT_RESULTS).read_text())
+        if saved.get("pack") != [dataclasses.asdict(c) for c in configs]:
+            return {}, {}                          # not this pack's checkpoint: start over
+        done = {int(i): r for i, r in saved["done"].items()}
+        p1 = Path(d) / CHECKPOINT_PHASE1
+        phase1 = torch.load(p1, weights_only=True) if p1.is_file() else {}
+    return done, phase1
+
+
+def _save_pack_checkpoint(folder: str, configs, done: dict, phase1: dict) -> None:
+    import torch
+    (Path(folder) / CHECKPOINT_RESULTS).write_text(dumps({"pack": [dataclasses.asdict(c) for c in configs],
+                                                          "done": {str(i): r for i, r in done.items()}}))
+    if phase1:
+        torch.save(phase1, Path(folder) / CHECKPOINT_PHASE1)
+
+
 def train_pack(config: dict) -> None:
-    """One Tune trial: train a pack of networks, report all their results in one `tune.report`."""
+    """One Tune trial: train a pack of networks, report all their results in one final `tune.report`.
+
+    After every training step (on CPU each network; stacked, each phase) it reports progress with a
+    checkpoint: the finished networks' results and the phase-1 states that its unfinished two-phase
+    networks still need. A retried trial (its node lost, `--max-failures`) or a resumed sweep starts from
+    that checkpoint and trains only what was not finished. Each report says which networks it trained
+    (`trained_now`) and how many the attempt started with (`resumed_from`).
+    """
+    import tempfile
+
     import torch
 
-    from imbalance_core.trial import run_trials
+    from imbalance_core.methods import get as method_spec
+    from imbalance_core.trial import phase1_key, run_trials
     cpus = tune.get_context().get_trial_resources().required_resources.get("CPU", 1)
     torch.set_num_threads(max(1, int(cpus)))
-    results = run_trials([TrialConfig.from_dict(d) for d in config["pack"]])
+    configs = [TrialConfig.from_dict(d) for d in config["pack"]]
     node = ray.get_runtime_context().get_node_id()
-    for r in results:
-        r["node_id"] = node                          # which cluster node trained it (an MLflow tag)
-    tune.report({
+    done, phase1 = load_pack_checkpoint(tune.get_checkpoint(), configs)
+    resumed_from = len(done)
+    last_step: list[int] = []
+
+    def report(metrics: dict, trained: list[int]) -> None:
+        with tempfile.TemporaryDirectory(prefix="pack-ckpt-") as d:
+            _save_pack_checkpoint(d, configs, done, phase1)
+            tune.report({**metrics, "networks_done": len(done), "n_networks": len(configs), "node_id": node,
+                         "resumed_from": resumed_from, "trained_now": json.dumps(trained)},
+                        checkpoint=tune.Checkpoint.from_directory(d))
+
+    def on_progress(finished: dict[int, dict], states: dict[str, dict]) -> None:
+        for i, r in finished.items():
+            r["node_id"] = node                      # which cluster node trained it (an MLflow tag)
+            done[i] = r
+        phase1.update(states)
+        needed = {phase1_key(c) for i, c in enumerate(configs) if i not in done and method_spec(c.method).two_phase}
+        for k in [k for k in phase1 if k not in needed]:
+            del phase1[k]
+        last_step[:] = sorted(finished)
+        if len(done) < len(configs):               # the last step is reported with the results, below
+            report({}, sorted(finished))
+
+    results = run_trials(configs, done=done, phase1=phase1, on_progress=on_progress)
+    report({
         "networks": dumps(results),
-        "n_networks": len(results),
         **{f"{k}_mean": statistics.fmean(r[k] for r in results) for k in ("auc", "accuracy", "accuracy_thresholded")},
-    })
+    }, last_step)
 
 
 # --------------------------------------------------------------------------- driver callbacks
+
+TRACKING_REDIRECT: dict[str, str] = {}   # sweep -> tracking URI that replaces the one pinned in its state
+
 
 class MlflowLogger(tune.Callback):
     """Logs each network of a reported trial result to MLflow from the driver, exactly once.
@@ -108,7 +180,8 @@ class MlflowLogger(tune.Callback):
         return {"tracking_uri": self.tracking_uri, "sweep": self.sweep}
 
     def __setstate__(self, state):
-        self.__init__(state["tracking_uri"], state["sweep"])
+        # `--resume --tracking-uri NEW`: the callback Tune restores from the sweep's state logs to NEW
+        self.__init__(TRACKING_REDIRECT.get(state["sweep"], state["tracking_uri"]), state["sweep"])
 
     def setup(self, **info):
         from .tracking import Tracker
@@ -218,7 +291,9 @@ def _parser() -> argparse.ArgumentParser:
     s = p.add_argument_group("sweep")
     s.add_argument("--name", help="sweep name = MLflow experiment = Tune experiment folder (default: the preset)")
     s.add_argument("--tracking-uri", help="MLflow tracking URI (default $MLFLOW_TRACKING_URI, else "
-                                          "sqlite:///<cwd>/mlflow.db with artifacts in <cwd>/mlartifacts)")
+                                          "sqlite:///<cwd>/mlflow.db with artifacts in <cwd>/mlartifacts); "
+                                          "with --resume: the sweep's new tracking server (e.g. after the "
+                                          "head node was replaced), instead of the one pinned at its start")
     s.add_argument("--storage-path", help="Tune storage folder (default <cwd>/runs/ray)")
     s.add_argument("--address", help="Ray cluster to join ('auto': the running one); default: a local Ray")
     s.add_argument("--cpus-per-trial", type=float, default=1.0)
@@ -231,7 +306,16 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--resume", action="store_true",
                    help="continue the sweep <storage-path>/<name> as it was started (grid and resource options "
                         "are ignored): re-run unfinished and failed trials, then log what MLflow lacks")
+    s.add_argument("--gpu-memory-gb", type=float,
+                   help="size GPU packs (--pack-size auto) for a GPU of this much memory, e.g. 24 for an A10G, "
+                        "when the driver has no GPU itself (a cluster's CPU head)")
     s.add_argument("--dry-run", action="store_true", help="print the sweep's size and estimated compute, then exit")
+    c = p.add_argument_group("--dry-run cost estimate (GPU sweeps)")
+    c.add_argument("--gpus", type=int, help="GPUs of the cluster, for the wall time and cost (e.g. 8 for 8 "
+                                            "gpu_1x nodes); implies --gpus-per-trial 1 if that is not set")
+    c.add_argument("--price-per-gpu-hour", type=float, default=DEFAULT_PRICE_PER_GPU_HOUR,
+                   help=f"US$ per GPU-hour (default {DEFAULT_PRICE_PER_GPU_HOUR}: AWS g5.2xlarge on demand, "
+                        f"us-west-2)")
     return p
 
 
@@ -244,13 +328,19 @@ def _pack_size_arg(v: str) -> int | str:
         raise argparse.ArgumentTypeError(f"{v!r} is not an integer or 'auto'") from None
 
 
-def auto_pack_size(configs: list[TrialConfig], gpus_per_trial: float) -> tuple[int, str]:
-    """`--pack-size auto`: imbalance_core.packing's size for the sweep's models on the trials' device."""
+def auto_pack_size(configs: list[TrialConfig], gpus_per_trial: float,
+                   gpu_memory_gb: float | None = None) -> tuple[int, str]:
+    """`--pack-size auto`: imbalance_core.packing's size for the sweep's models on the trials' device
+    (`gpu_memory_gb`: a GPU of that much memory instead of the driver's own)."""
     import torch
 
     from imbalance_core import packing
     if gpus_per_trial <= 0:               # the networks of one (cell, seed): every shared first phase is shared
         return grids.largest_group(configs), "auto: CPU pack"
+    if gpu_memory_gb is not None:
+        size = min(packing.stack_size(c.model, c.schedule.batch_size, gpu_memory_gb * 2 ** 30)
+                   for c in {(c.model, c.schedule.batch_size): c for c in configs}.values())
+        return size, f"auto: a {gpu_memory_gb:g} GB GPU (--gpu-memory-gb)"
     if not torch.cuda.is_available():
         return packing.CPU_PACK, "auto: no GPU on the driver to size GPU packs; pass --pack-size to stack more"
     size = min(packing.auto_pack_size(c.model, c.schedule.batch_size, "cuda")
@@ -268,6 +358,30 @@ class Plan:
     n_trials: int
     n_networks: int
     data: list[tuple[str, str | None]]
+    moved_from: str | None = None    # --resume --tracking-uri NEW: the URI pinned at the sweep's start
+
+
+def normalize_tracking_uri(uri: str, what: str = "--tracking-uri") -> str:
+    """`uri` without surrounding whitespace (a head IP captured through `ray exec`, a tty, ends in '\r');
+    UsageError naming it if it still holds a control character or space, or is a malformed http(s) URL."""
+    cleaned = uri.strip()
+    if cleaned != uri:
+        print(f"note: {what} {uri!r}: surrounding whitespace removed -> {cleaned!r}", file=sys.stderr)
+    bad = sorted({ch for ch in cleaned if ch.isspace() or ord(ch) < 32 or ord(ch) == 127})
+    if not cleaned or bad:
+        hint = " (a head IP captured through `ray exec`, a tty, ends in '\\r': pipe it through tr -d '\\r')" \
+            if "\r" in bad else ""
+        raise UsageError(f"{what} {uri!r} is not allowed: " + (f"it holds {bad} (control characters or spaces)"
+                         if bad else "it is empty") + f"; expected http://HOST:PORT or sqlite:////abs/path/mlflow.db{hint}")
+    if cleaned.startswith(("http://", "https://")):
+        parts = urllib.parse.urlsplit(cleaned)
+        try:
+            parts.port
+        except ValueError as e:
+            raise UsageError(f"{what} {uri!r} is not allowed: {e}; expected http://HOST:PORT") from None
+        if not parts.hostname:
+            raise UsageError(f"{what} {uri!r} is not allowed: no host; expected http://HOST:PORT")
+    return cleaned
 
 
 def _tuple(v):
@@ -287,6 +401,20 @@ def _check_resources(a) -> None:
         raise UsageError(f"--max-concurrent {a.max_concurrent} is not allowed: need an integer >= 1")
     if a.pack_size != "auto" and a.pack_size < 1:
         raise UsageError(f"--pack-size {a.pack_size} is not allowed: need an integer >= 1")
+    if a.gpu_memory_gb is not None and not (math.isfinite(a.gpu_memory_gb) and a.gpu_memory_gb > 0):
+        raise UsageError(f"--gpu-memory-gb {a.gpu_memory_gb:g} is not allowed: need a number of GB > 0")
+    if a.gpus is not None:
+        if not a.dry_run:
+            raise UsageError("--gpus sizes the --dry-run estimate only; add --dry-run (a sweep uses what the "
+                             "cluster has)")
+        if a.gpus < 1:
+            raise UsageError(f"--gpus {a.gpus} is not allowed: need an integer >= 1")
+        if a.gpus_per_trial > a.gpus:
+            raise UsageError(f"--gpus-per-trial {a.gpus_per_trial:g} exceeds --gpus {a.gpus}")
+    if not (math.isfinite(a.price_per_gpu_hour) and a.price_per_gpu_hour >= 0):
+        raise UsageError(f"--price-per-gpu-hour {a.price_per_gpu_hour:g} is not allowed: need US$ >= 0")
+    if a.dry_run and a.gpus is not None:
+        return                                   # an estimate for a cluster, not for this machine's Ray
     if not (a.address or os.environ.get("RAY_ADDRESS")):     # local Ray: a bigger trial would wait forever
         if ray.is_initialized():
             have = ray.cluster_resources()
@@ -324,14 +452,13 @@ def plan_sweep(a) -> Plan:
             raise UsageError(f"--resume: no sweep to resume at {sweep_dir} (no Tune state there); "
                              f"check --name and --storage-path")
         meta = json.loads((sweep_dir / META_FILE).read_text()) if (sweep_dir / META_FILE).is_file() else {}
-        uri = a.tracking_uri or meta.get("tracking_uri") or default_tracking_uri()
-        if meta.get("tracking_uri") and uri != meta["tracking_uri"]:
-            raise UsageError(f"--tracking-uri {uri}: sweep {sweep!r} logs to {meta['tracking_uri']}; "
-                             f"--resume continues there")
+        pinned = meta.get("tracking_uri")
+        uri = normalize_tracking_uri(a.tracking_uri or pinned or default_tracking_uri(),
+                                     "--tracking-uri" if a.tracking_uri else f"the tracking URI of sweep {sweep!r}")
         data = [tuple(d) for d in meta.get("data", [])]
         _check_data(data)
         return Plan(sweep, sweep_dir, uri, [], meta.get("pack_size", "?"), meta.get("n_trials", 0),
-                    meta.get("n_networks", 0), data)
+                    meta.get("n_networks", 0), data, moved_from=pinned if pinned and uri != pinned else None)
     if exists:
         raise UsageError(f"sweep {sweep!r} already exists at {sweep_dir}: add --resume to continue it, "
                          f"or choose another --name")
@@ -347,12 +474,33 @@ def plan_sweep(a) -> Plan:
     data = list(dict.fromkeys((c.dataset, c.data_dir) for c in configs))
     _check_data(data)
     if a.pack_size == "auto":
-        size, how = auto_pack_size(configs, a.gpus_per_trial)
+        size, how = auto_pack_size(configs, a.gpus_per_trial, a.gpu_memory_gb)
     else:
         size, how = a.pack_size, "--pack-size"
     packs = pack(configs, size, whole_groups=a.pack_size == "auto" and a.gpus_per_trial <= 0)
-    return Plan(sweep, sweep_dir, a.tracking_uri or default_tracking_uri(), packs, f"<= {size} ({how})",
+    uri = normalize_tracking_uri(a.tracking_uri or default_tracking_uri(),
+                                 "--tracking-uri" if a.tracking_uri else "$MLFLOW_TRACKING_URI")
+    return Plan(sweep, sweep_dir, uri, packs, f"<= {size} ({how})",
                 len(packs), len(configs), data)
+
+
+def pack_seconds(pack_: list[TrialConfig], device: str, per_trial: float) -> float:
+    """Assumed training time of one pack (ASSUMED_IMAGES_PER_SECOND) with `per_trial` CPUs or GPUs."""
+    return training_images(pack_) / (ASSUMED_IMAGES_PER_SECOND[pack_[0].model][device] * max(per_trial, 1e-9))
+
+
+def cluster_estimate(plan: Plan, a, seconds: float) -> dict:
+    """Wall time and cost of a GPU sweep on `a.gpus` GPUs: trials run `gpus // gpus_per_trial` at once (at
+    most --max-concurrent), each taking the next free slot (longest first, as a list schedule); every GPU
+    is paid for the whole wall time."""
+    import heapq
+    slots = int(a.gpus // a.gpus_per_trial)
+    slots = max(1, min(slots, plan.n_trials, a.max_concurrent or slots))
+    ends = [0.0] * slots
+    for t in sorted((pack_seconds(p, "gpu", a.gpus_per_trial) for p in plan.packs), reverse=True):
+        heapq.heappush(ends, heapq.heappop(ends) + t)
+    wall = max(ends, default=0.0)
+    return {"slots": slots, "wall_s": wall, "cost": a.gpus * wall / 3600 * a.price_per_gpu_hour}
 
 
 def dry_run_report(plan: Plan, a) -> str:
@@ -360,9 +508,8 @@ def dry_run_report(plan: Plan, a) -> str:
     per_trial = a.gpus_per_trial if device == "gpu" else a.cpus_per_trial
     images, seconds = 0, 0.0
     for p in plan.packs:
-        n = training_images(p)
-        images += n
-        seconds += n / (ASSUMED_IMAGES_PER_SECOND[p[0].model][device] * max(per_trial, 1e-9))
+        images += training_images(p)
+        seconds += pack_seconds(p, device, per_trial)
     models = sorted({p[0].model for p in plan.packs})
     assumed = ", ".join(f"{m} {ASSUMED_IMAGES_PER_SECOND[m][device]:,} img/s per {device.upper()}" for m in models)
     lines = [
@@ -373,7 +520,16 @@ def dry_run_report(plan: Plan, a) -> str:
         f"  estimated compute: {_duration(seconds)} of trial time at {per_trial:g} {device.upper()}(s) per trial, "
         f"assuming {assumed} (start-up, evaluation and logging not included)",
     ]
-    if not (a.address or os.environ.get("RAY_ADDRESS")):
+    if device == "gpu":
+        gpu_hours = seconds * per_trial / 3600
+        lines.append(f"  GPU-hours: {gpu_hours:,.1f} (= {gpu_hours * a.price_per_gpu_hour:,.2f} US$ of GPU time at "
+                     f"{a.price_per_gpu_hour:g} US$ per GPU-hour, --price-per-gpu-hour)")
+        if a.gpus is not None:
+            est = cluster_estimate(plan, a, seconds)
+            lines.append(f"  on {a.gpus} GPU{'s' if a.gpus != 1 else ''}: {est['slots']} trials at once -> about {_duration(est['wall_s'])} "
+                         f"wall time; cost about {est['cost']:,.2f} US$ ({a.gpus} GPUs x {est['wall_s'] / 3600:,.2f} h "
+                         f"x {a.price_per_gpu_hour:g} US$; the CPU head, node start-up and storage not included)")
+    if a.gpus is None and not (a.address or os.environ.get("RAY_ADDRESS")):
         import torch
         slots = int((torch.cuda.device_count() if device == "gpu" else os.cpu_count() or 1) // max(per_trial, 1e-9))
         slots = max(1, min(slots, plan.n_trials, a.max_concurrent or slots))
@@ -429,6 +585,19 @@ def _error_message(err) -> str:
     return lines[-1].strip() if lines else type(err).__name__
 
 
+def _move_tracking(plan: Plan) -> None:
+    """`--resume --tracking-uri NEW` for a sweep pinned to another URI (the head node was replaced and its
+    MLflow server has a new address): log to NEW from now on, and record it in the sweep's state."""
+    TRACKING_REDIRECT[plan.sweep] = plan.tracking_uri
+    meta_path = plan.sweep_dir / META_FILE
+    meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+    meta["tracking_uri_history"] = meta.get("tracking_uri_history", []) + [
+        {"tracking_uri": plan.moved_from, "until": time.strftime("%Y-%m-%dT%H:%M:%S%z")}]
+    meta["tracking_uri"] = plan.tracking_uri
+    meta_path.write_text(json.dumps(meta, indent=1))
+    print(f"[sweep {plan.sweep}] tracking server moved: {plan.moved_from} -> {plan.tracking_uri}", flush=True)
+
+
 def run_sweep(plan: Plan, a) -> int:
     from .tracking import Tracker
     tracker = Tracker(plan.tracking_uri, plan.sweep)          # creates the experiment (and the store)
@@ -437,6 +606,8 @@ def run_sweep(plan: Plan, a) -> int:
         trainable = tune.with_resources(train_pack, {"cpu": a.cpus_per_trial, "gpu": a.gpus_per_trial})
         if a.resume:
             print(f"[sweep {plan.sweep}] resuming {plan.sweep_dir}", flush=True)
+            if plan.moved_from:
+                _move_tracking(plan)
             tuner = tune.Tuner.restore(str(plan.sweep_dir), trainable=trainable, resume_errored=True)
         else:
             plan.sweep_dir.mkdir(parents=True, exist_ok=True)
@@ -455,6 +626,7 @@ def run_sweep(plan: Plan, a) -> int:
                 run_config=tune.RunConfig(
                     name=plan.sweep, storage_path=str(plan.sweep_dir.parent), verbose=0,
                     failure_config=tune.FailureConfig(max_failures=a.max_failures),
+                    checkpoint_config=tune.CheckpointConfig(num_to_keep=2),   # a pack's latest progress
                     callbacks=[MlflowLogger(plan.tracking_uri, plan.sweep),
                                Progress(plan.sweep, plan.n_trials, plan.n_networks)]))
         try:
@@ -521,6 +693,8 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as e:                      # argparse: --help (0) or a malformed option (2, message printed)
         return int(e.code or 0)
     a.argv = argv
+    if a.gpus is not None and a.gpus_per_trial == 0:
+        a.gpus_per_trial = 1.0                  # --gpus: an estimate for GPU trials
     try:
         plan = plan_sweep(a)
         if a.dry_run:
@@ -530,8 +704,17 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 print(dry_run_report(plan, a))
             return 0
-        check_tracking_uri(plan.tracking_uri)
+        try:
+            check_tracking_uri(plan.tracking_uri)
+        except TrackingError as e:
+            if a.resume and not a.tracking_uri and plan.tracking_uri.startswith(("http://", "https://")):
+                raise TrackingError(f"{e}. If the head node (and its MLflow server) moved, point the sweep at "
+                                    f"the new one: --resume --tracking-uri http://NEW-HEAD-IP:5000") from None
+            raise
         return run_sweep(plan, a)
     except (UsageError, TrackingError) as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except http.client.HTTPException as e:      # a URL that urllib rejects late (e.g. a control character)
+        print(f"error: tracking URI {getattr(a, 'tracking_uri', None)!r}: {type(e).__name__}: {e}", file=sys.stderr)
         return 2

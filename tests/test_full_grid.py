@@ -39,8 +39,10 @@ def _runs(uri, name=SWEEP):
 
 
 def _result_lines(sweep_dir: Path) -> dict[str, int]:
-    """Reports per trial folder: Tune appends one line to result.json per `tune.report`."""
-    return {p.parent.name: len(p.read_text().splitlines()) for p in sweep_dir.glob("train_pack_*/result.json")}
+    """Final reports (a pack's results) per trial folder: Tune appends one line to result.json per
+    `tune.report`; a pack also reports its progress (with a checkpoint) after each finished network."""
+    return {p.parent.name: sum("networks" in json.loads(ln) for ln in p.read_text().splitlines() if ln.strip())
+            for p in sweep_dir.glob("train_pack_*/result.json")}
 
 
 @pytest.fixture

@@ -36,7 +36,7 @@ RESULT_KEYS = {
     "iterations", "finetune_iterations", "batch_size", "base_lr", "train_seconds", "images_per_second",
     "final_loss", "pack_size", "pack_seconds", "device", "loader", "model", "test_examples", "finetune_on",
 }
-TIMING_KEYS = {"train_seconds", "images_per_second", "pack_seconds"}
+TIMING_KEYS = {"train_seconds", "images_per_second", "pack_seconds", "started_at", "ended_at"}
 
 
 # --------------------------------------------------------------------------- helpers
