@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-pytest.importorskip("ffcv")
+import ffcv  # noqa: E402,F401  (required: a broken install fails here instead of skipping)
 
 # numba sometimes reports a KeyError from a Dispatcher finaliser when FFCV's per-Loader jitted functions are
 # garbage collected; it is printed as "Exception ignored" and has no effect on results.
