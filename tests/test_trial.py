@@ -313,18 +313,19 @@ def test_two_phase_on_cached_features_equals_whole_network():
     # fine-tuning changed the networks: two-phase differs from the phase-1 network it started from
     assert cached[1]["auc"] != cached[0]["auc"]
     # the CUDA default (stack=True: phase 1 and the heads vmap-stacked) on CPU: the same networks up to float
-    # reassociation, example by example. Tolerance 1e-5 on the softmax scores (measured on CPU: ~1e-7); phase 2
-    # itself moves the scores by far more than that (checked below), so heads that did not train would fail.
+    # reassociation, example by example. Tolerance 1e-4 on the softmax scores (measured on CPU: 2e-6, every
+    # prediction equal); phase 2 itself moves the scores by far more (measured 0.6; asked > 0.05 below), so
+    # stacked heads that did not train, or trained on other batches, fail.
     with spying() as rec_s, spying_heads() as heads_s:
         stacked = run_trials(configs, stack=True)
     assert [(t["K"], t["only_last"]) for t in rec_s["train"]] == [(2, False)]        # phase 1 really stacked
     assert len(heads_s) == 1 and heads_s[0].shape == alone_heads.shape == (2, 1000, 10)
     stacked_heads = heads_s[0]
-    assert np.abs(stacked_heads - alone_heads).max() < 1e-5
+    assert np.abs(stacked_heads - alone_heads).max() < 1e-4
     assert np.array_equal(stacked_heads.argmax(-1), alone_heads.argmax(-1))
     phase1 = scores_of(rec_s)                                 # the phase-1 ROS and RUS networks (stacked)
     assert phase1.shape == (2, 1000, 10)
-    assert np.abs(alone_heads - phase1).max(axis=(1, 2)).min() > 1e-3    # phase 2 changed every network
+    assert np.abs(alone_heads - phase1).max(axis=(1, 2)).min() > 0.05    # phase 2 changed every network
     for c, a, b in zip(configs, cached, stacked):
         assert b["finetune_on"] == a["finetune_on"]
         assert b["confusion_matrix"] == a["confusion_matrix"], c.method
