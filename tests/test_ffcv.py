@@ -210,32 +210,33 @@ def _check_imagenet_test_batches(ds, cache_dir):
     assert (err + 10 * torch.eye(len(ref))).min() > 5 * own.max()
 
 
-def _decoded_256(path) -> torch.Tensor:
+def _decoded_256(path) -> np.ndarray:
     """The image as the paper's pipeline sees it before cropping: RGB, shorter side 256, (3, H, W) in 0..255."""
     from PIL import Image
     from torchvision.transforms import functional as TF
     with Image.open(path) as im:
-        return torch.from_numpy(np.asarray(TF.resize(im.convert("RGB"), 256), dtype=np.float64).copy()).permute(2, 0, 1)
+        return np.asarray(TF.resize(im.convert("RGB"), 256), dtype=np.float64).transpose(2, 0, 1)
 
 
-def _best_window_rms(image: torch.Tensor, crop: torch.Tensor) -> float:
-    """The smallest RMS difference (0..255 scale) between `crop` (3, 224, 224) and any 224 x 224 window of
-    `image`, mirrored or not (sum of squares over every offset, by a convolution)."""
-    img = image[None]
-    ones = torch.ones(1, 3, *crop.shape[1:], dtype=torch.float64)
-    win_sq = torch.nn.functional.conv2d(img ** 2, ones)
-    best = float("inf")
-    for c in (crop, crop.flip(-1)):
-        ssd = win_sq - 2 * torch.nn.functional.conv2d(img, c[None]) + (c ** 2).sum()
-        best = min(best, float(ssd.min().clamp(min=0)))
-    return (best / crop.numel()) ** 0.5
+def _best_window_rms(image: np.ndarray, crop: np.ndarray) -> float:
+    """The smallest RMS difference (0..255 scale) between `crop` (3, h, w) and any h x w window of `image`
+    (3, H, W), mirrored or not: sum of squared differences at every offset, the cross term by FFT."""
+    (_, H, W), (_, h, w) = image.shape, crop.shape
+    ii = np.pad((image ** 2).sum(0).cumsum(0).cumsum(1), ((1, 0), (1, 0)))        # integral image of image^2
+    win_sq = ii[h:, w:] - ii[:-h, w:] - ii[h:, :-w] + ii[:-h, :-w]               # (H-h+1, W-w+1)
+    fi = np.fft.rfft2(image)
+    best = np.inf
+    for c in (crop, crop[:, :, ::-1]):
+        corr = np.fft.irfft2(fi * np.conj(np.fft.rfft2(c, s=(H, W))), s=(H, W)).sum(0)[:H - h + 1, :W - w + 1]
+        best = min(best, float((win_sq - 2 * corr + (c ** 2).sum()).min()))
+    return (max(best, 0.0) / crop.size) ** 0.5
 
 
 def _check_train_batches_follow_plans(ds, plans, batches, B, tol_rms):
     """Batch t of plan k holds the images of plan k's stream positions t*B .. t*B+B-1, with their labels:
     each served image is a 224 crop (mirrored or not) of that file, not of the other images drawn."""
-    mean = torch.tensor(F.IMAGENET_MEAN, dtype=torch.float64).view(3, 1, 1)
-    std = torch.tensor(F.IMAGENET_STD, dtype=torch.float64).view(3, 1, 1)
+    mean = np.asarray(F.IMAGENET_MEAN).reshape(3, 1, 1)
+    std = np.asarray(F.IMAGENET_STD).reshape(3, 1, 1)
     streams = [p.stream() for p in plans]
     images = {}
     for x, y in batches:
@@ -243,7 +244,7 @@ def _check_train_batches_follow_plans(ds, plans, batches, B, tol_rms):
         assert y.tolist() == ds.train_y[idx].tolist()                  # the plan's labels, in the plan's order
         for k in range(len(plans)):
             for b in range(B):
-                crop = (x[k, b].double() * std + mean) * 255
+                crop = (x[k, b].double().numpy() * std + mean) * 255
                 i = int(idx[k, b])
                 if i not in images:
                     images[i] = _decoded_256(ds.train_files[i])
@@ -264,7 +265,8 @@ def test_imagenet_shapes_and_values(shared_data, tmp_path):
     for x, y in batches:
         assert x.shape == (2, 4, 3, 224, 224) and x.dtype == torch.float32 and y.shape == (2, 4)
         assert torch.isfinite(x).all() and -3 < x.mean() < 3
-    _check_train_batches_follow_plans(ds, plans, batches, 4, tol_rms=6.0)      # FFCV: JPEG q90 re-encode
+    # FFCV: JPEG q90 re-encode, measured RMS <= 3.3 to its own file, >= 58 to any other
+    _check_train_batches_follow_plans(ds, plans, batches, 4, tol_rms=6.0)
     _check_imagenet_test_batches(ds, tmp_path)
 
 
@@ -277,7 +279,7 @@ def test_imagenet_torch_backend_follows_plans(shared_data):
     loader = TorchLoader(ImageFiles(ds.train_files, ds.train_y, imagenet_transforms(train=True)), plans, 3, 2, "cpu")
     batches = list(loader)
     assert len(batches) == 2 and batches[0][0].shape == (2, 3, 3, 224, 224)
-    _check_train_batches_follow_plans(ds, plans, batches, 3, tol_rms=0.5)        # exact up to float rounding
+    _check_train_batches_follow_plans(ds, plans, batches, 3, tol_rms=0.5)        # exact: measured RMS ~1e-5
 
 
 # --------------------------------------------------------------------------- cache
