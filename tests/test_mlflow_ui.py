@@ -17,6 +17,7 @@ import urllib.request
 from html.parser import HTMLParser
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -36,32 +37,37 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _config(method: str, rho: float):
+    from imbalance_core.trial import TrialConfig
+    return TrialConfig(dataset="mnist", data_dir="/data", imbalance="step", rho=rho, mu=0.5, method=method, seed=0,
+                       iterations=200, device="cpu", loader="tensor")
+
+
 def _run_name(method: str, rho: float) -> str:
-    return f"mnist-step-rho{rho:g}-mu0.5-{method}-s0"
+    from sweeps.grids import describe
+    return describe(_config(method, rho))
+
+
+def _result(auc: float) -> dict:
+    """A network's result dict as imbalance_core.trial.run_trials returns it (values made up, shapes real)."""
+    cm = (np.eye(10, dtype=int) * 80 + 2).tolist()
+    return {"auc": auc, "accuracy": auc - 3.0, "accuracy_thresholded": auc - 2.0, "recall": [auc - 3.0] * 10,
+            "recall_thresholded": [auc - 2.0] * 10, "confusion_matrix": cm, "confusion_matrix_thresholded": cm,
+            "train_examples": 27_500, "class_counts": [500] * 5 + [5000] * 5, "sampled_counts": [5000] * 10,
+            "epoch_examples": 50_000, "iterations": 200, "finetune_iterations": 0, "finetune_on": "",
+            "batch_size": 64, "base_lr": 0.01, "train_seconds": 1.0, "images_per_second": 12_800.0,
+            "final_loss": 0.1, "pack_size": 1, "pack_seconds": 1.0, "device": "cpu", "loader": "tensor",
+            "model": "lenet5", "test_examples": 1000}
 
 
 def _log_runs(uri: str) -> str:
-    """A small sweep laid out as docs/SWEEP_CONTRACT.md says, logged through the server."""
-    from mlflow.entities import Metric, Param, RunTag
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(tracking_uri=uri)
-    exp_id = client.create_experiment("ui-sweep", tags={"mlflow.experimentKind": "custom_model_development"})
+    """A small sweep logged through the server by the project's own tracker (sweeps.tracking.Tracker), as
+    the sweep driver logs every network."""
+    from sweeps.tracking import Tracker
+    tracker = Tracker(uri, "ui-sweep")
     for method, rho, auc in RUNS:
-        cfg = {"dataset": "mnist", "data_dir": "None", "imbalance": "step", "rho": rho, "mu": 0.5,
-               "method": method, "level": None, "seed": 0, "iterations": 200, "lr": None,
-               "batch_size": None, "n_per_class": None, "device": "cpu", "loader": "tensor"}
-        tags = {"sweep": "ui-sweep", "method": method, "pack_id": "p0", "trial_key": f"k-{method}-{rho:g}",
-                "cell": f"mnist/step/rho{rho:g}/mu0.5"}
-        run = client.create_run(exp_id, run_name=_run_name(method, rho), tags=tags)
-        params = {k: str(v) for k, v in cfg.items()} | {"model": "lenet5", "code_version": "test",
-                                                         "base_lr": "0.01", "batch_size": "64"}
-        metrics = {"auc": auc, "accuracy": auc - 3.0, "accuracy_thresholded": auc - 2.0, "train_seconds": 1.0}
-        client.log_batch(run.info.run_id, metrics=[Metric(k, v, 0, 0) for k, v in metrics.items()],
-                         params=[Param(k, v) for k, v in params.items()],
-                         tags=[RunTag(k, v) for k, v in tags.items()])
-        client.set_terminated(run.info.run_id, "FINISHED")
-    return exp_id
+        assert tracker.log_network(_config(method, rho), _result(auc), pack_id="p0")
+    return tracker.experiment_id
 
 
 class _Text(HTMLParser):
