@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
+import hashlib
 import json
 import os
 import sys
@@ -167,11 +168,12 @@ def _check_pack(configs: list[TrialConfig]) -> None:
 
 
 def _train_phase(c0, ds, train_data, test_data, backend, schedule, device, stack, models, plans,
-                 lr_scale=1.0, only_last=False, log=None, keep_features=()):
+                 lr_scale=1.0, only_last=False, log=None, keep_features=(), windows=None):
     """Train `models` on `plans` (stacked in one vmap, or one after another), then score the test set.
 
     Returns (state dicts, test scores (K, N, C), per-network TrainStats with that network's share of time,
     test-set features of the networks in `keep_features` (scored through features + head; one pass)).
+    `windows`, a dict, gets each network's wall-clock (start, end) of training (time.time() seconds).
     """
     groups = [list(range(len(models)))] if stack else [[k] for k in range(len(models))]
     states, scores, stats = [None] * len(models), [None] * len(models), [None] * len(models)
@@ -179,8 +181,10 @@ def _train_phase(c0, ds, train_data, test_data, backend, schedule, device, stack
     for g in groups:
         nets = StackedNets([models[k] for k in g], device, channels_last=(len(g) == 1 and device.type == "cpu"))
         loader = _loader(backend, ds, train_data, [plans[k] for k in g], schedule, device, schedule.iterations)
+        w0 = time.time()
         st = train(nets, loader, schedule, lr_scale=lr_scale, only_last=only_last,
                    log_every=max(1, schedule.iterations // 10) if log else 0, log=log or print)
+        w1 = time.time()
         if len(g) == 1 and g[0] in keep_features:
             kept[g[0]] = f = frozen.features(nets.module, test_data.to(device))
             with torch.no_grad():
@@ -190,6 +194,8 @@ def _train_phase(c0, ds, train_data, test_data, backend, schedule, device, stack
         for j, (k, sd) in enumerate(zip(g, nets.state_dicts())):
             states[k], scores[k] = sd, sc[j]
             stats[k] = TrainStats(st.iterations, st.images // len(g), st.seconds / len(g), [st.final_loss[j]])
+            if windows is not None:
+                windows[k] = (w0, w1)
     return states, np.stack(scores), stats, kept
 
 
@@ -230,10 +236,12 @@ def run_trials(configs: list[TrialConfig], log=None, stack: bool | None = None,
     plans = [SamplingPlan(subsets[groups[k][0]], labels, sampler=k[4], level=k[5], seed=k[3], stream_id=1)
              for k in keys]
     two = [i for i, c in enumerate(configs) if len(phases(c.method)) == 2]
-    states1, test1, stats1, features1 = phase(models, plans, log=log,
+    windows1, windows2 = {}, {}
+    states1, test1, stats1, features1 = phase(models, plans, log=log, windows=windows1,
                                               keep_features={net_of[i] for i in two} if cached_phase2 else ())
     scores = {i: test1[net_of[i]] for i in range(len(configs))}
     stats = {i: [stats1[net_of[i]]] for i in range(len(configs))}
+    windows = {i: windows1[net_of[i]] for i in range(len(configs))}   # wall-clock (start, end) of training
 
     # Phase 2 (two-phase methods): fine-tune the last layer(s) on the imbalanced subset, lr x 0.1.
     if two:
@@ -243,15 +251,18 @@ def run_trials(configs: list[TrialConfig], log=None, stack: bool | None = None,
             m.load_state_dict(states1[net_of[i]])
             models.append(m)
         plans = [SamplingPlan(subsets[i], labels, sampler="baseline", seed=configs[i].seed, stream_id=2) for i in two]
+        w0 = time.time()
         if cached_phase2:
             test2, stats2 = frozen.finetune_heads(models, plans, train_data, test_data, schedule, device,
                                                   FINETUNE_LR_SCALE, stack,
                                                   test_features=[features1.get(net_of[i]) for i in two])
+            windows2 = dict.fromkeys(range(len(two)), (w0, time.time()))
         else:
-            _, test2, stats2, _ = phase(models, plans, lr_scale=FINETUNE_LR_SCALE, only_last=True)
+            _, test2, stats2, _ = phase(models, plans, lr_scale=FINETUNE_LR_SCALE, only_last=True, windows=windows2)
         for j, i in enumerate(two):
             scores[i] = test2[j]
             stats[i].append(stats2[j])
+            windows[i] = (windows[i][0], windows2[j][1])
 
     y_test = np.asarray(ds.test_y if test_data is None else test_data.y.numpy())
     pack_seconds = time.perf_counter() - t_start
@@ -263,6 +274,8 @@ def run_trials(configs: list[TrialConfig], log=None, stack: bool | None = None,
         m = evaluate(y_test, scores[i], sub.priors)
         m.update({
             "train_examples": int(len(sub.indices)),
+            # the training subset's identity: sha256 of its indices into the training set (int64 LE)
+            "subset_digest": hashlib.sha256(np.asarray(sub.indices, dtype="<i8").tobytes()).hexdigest(),
             "class_counts": list(sub.counts),
             "sampled_counts": sampled,
             "epoch_examples": int(sum(sampled)),
@@ -272,6 +285,8 @@ def run_trials(configs: list[TrialConfig], log=None, stack: bool | None = None,
             "batch_size": schedule.batch_size,
             "base_lr": schedule.base_lr,
             "train_seconds": sum(x.seconds for x in st),      # this network's share of the pack's time
+            "started_at": windows[i][0],      # wall clock (time.time()) when its training began
+            "ended_at": windows[i][1],        # ... and ended (two-phase: the end of its phase 2)
             "images_per_second": st[0].images_per_second,
             "final_loss": st[-1].final_loss[0],
             "pack_size": len(configs),
