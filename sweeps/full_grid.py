@@ -4,7 +4,8 @@
     python sweeps/full_grid.py [--preset quick] [--datasets ..] [--methods ..] [--rho ..] [--mu ..]
         [--imbalance ..] [--repetitions N] [--iterations N] [--data-dir DIR] [--name NAME]
         [--tracking-uri URI] [--storage-path DIR] [--address ADDR] [--cpus-per-trial 1]
-        [--gpus-per-trial 0] [--pack-size N] [--max-failures 2] [--max-concurrent N] [--resume] [--dry-run]
+        [--gpus-per-trial 0] [--pack-size N] [--max-failures 2] [--max-concurrent N] [--tracking-retry-s 600]
+        [--resume] [--dry-run]
 
 One Tune trial trains a pack of networks (`--pack-size`, default the preset's) with
 `imbalance_core.trial.run_trials` and reports their results once; the driver logs them to MLflow
@@ -12,13 +13,18 @@ One Tune trial trains a pack of networks (`--pack-size`, default the preset's) w
 sweep in `<storage-path>/<name>` (default `./runs/ray/<preset>`); `--resume` continues it, re-running
 only trials that did not finish, and then makes sure every finished network is in MLflow.
 
+A tracking server that goes away (restart, outage) loses nothing: logging retries with a backoff of
+1, 2, 4 .. 30 s, says so on the progress lines, and gives up after `--tracking-retry-s` (default 600 s)
+of outage; training goes on meanwhile. The networks it could not log are named at the end (exit 1);
+`--resume` logs them without training them again.
+
 Ray: local by default (`ray.init(address="local", num_cpus=os.cpu_count(), num_gpus=<CUDA devices>)`);
 `--address auto` (or $RAY_ADDRESS) joins a running cluster, e.g. one started by `ray up cluster.yaml`.
 A cluster started with `ray start` on a machine that has ~/.ray/auth_token turns token auth on: set
 RAY_AUTH_MODE=disabled (or token) the same way for `ray start` and for this script. If Ray is already
 initialised in this process (tests), that instance is used and left running.
 
-Exit status: 0 all trials finished and logged; 1 some trial failed for good (or could not be logged);
+Exit status: 0 all trials finished and logged; 1 some trial failed for good (or some network could not be logged);
 2 bad input (nothing started); 130 interrupted (resume with --resume).
 """
 from __future__ import annotations
@@ -53,7 +59,7 @@ from imbalance_core.trial import TrialConfig
 
 from . import grids
 from .grids import Overrides, cell_of, describe, pack, training_images
-from .tracking import REPO_ROOT, TrackingError, check_tracking_uri, default_tracking_uri, dumps
+from .tracking import REPO_ROOT, Patience, TrackingError, check_tracking_uri, default_tracking_uri, dumps, redact
 
 META_FILE = "sweep.json"          # our own record next to Tune's state: tracking URI, totals, data
 # Assumed training throughput (images/s) for the dry-run estimate: LeNet-5 measured on one CPU core
@@ -63,6 +69,14 @@ ASSUMED_IMAGES_PER_SECOND = {
     "allcnnc": {"cpu": 60, "gpu": 3_000},
     "resnet10": {"cpu": 15, "gpu": 1_500},
 }
+
+
+DEFAULT_TRACKING_RETRY_S = 600.0
+# MLflow's HTTP client would otherwise retry an absent server silently for minutes per request
+# (7 retries, backoff factor 2): the sweep retries itself (Patience) and says so.
+MLFLOW_HTTP_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "60"}
+_LOGGERS: dict[str, "MlflowLogger"] = {}   # sweep name -> the MlflowLogger Tune set up in this process
+_TRACKING_URIS: dict[str, str] = {}        # sweep name -> its tracking URI, password included (not pickled)
 
 
 class UsageError(ValueError):
@@ -95,44 +109,79 @@ class MlflowLogger(tune.Callback):
     """Logs each network of a reported trial result to MLflow from the driver, exactly once.
 
     Logging (a few SQL writes and two PNGs per network) runs on one background thread, so that it
-    never holds up Tune's event loop; `on_experiment_end` waits for it to drain. What a killed
-    driver did not log is logged by the reconciliation at the end of the next run (`--resume`).
+    never holds up Tune's event loop; `on_experiment_end` waits for it to drain. While the tracking
+    server is away the thread retries (`tracking.Patience`, bounded by `retry_s`) and says so; what
+    it could not log, or a killed driver did not log, is logged by the reconciliation at the end of
+    this run or the next (`--resume`).
     """
 
-    def __init__(self, tracking_uri: str, sweep: str):
-        self.tracking_uri, self.sweep = tracking_uri, sweep
+    def __init__(self, tracking_uri: str, sweep: str, retry_s: float = DEFAULT_TRACKING_RETRY_S):
+        self.tracking_uri, self.sweep, self.retry_s = tracking_uri, sweep, retry_s
         self._queue: queue.Queue | None = None
         self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self.waiting = 0                          # networks reported but not yet through logging
+        self.logged: set[str] = set()             # trial_keys logged (or found logged) by this session
+        self.patience = Patience(retry_s, self._say)
 
     def __getstate__(self):                       # Tune pickles callbacks with the sweep (tuner.pkl)
-        return {"tracking_uri": self.tracking_uri, "sweep": self.sweep}
+        return {"tracking_uri": redact(self.tracking_uri), "sweep": self.sweep, "retry_s": self.retry_s}
 
     def __setstate__(self, state):
-        self.__init__(state["tracking_uri"], state["sweep"])
+        self.__init__(state["tracking_uri"], state["sweep"], state.get("retry_s", DEFAULT_TRACKING_RETRY_S))
+
+    def _say(self, msg: str) -> None:
+        print(f"[sweep {self.sweep}] {msg}; {self.waiting} networks waiting to be logged", flush=True)
+
+    def status(self) -> str:
+        """For the progress line: the logging backlog and an ongoing outage."""
+        out = ""
+        if self.patience.away_since is not None:
+            state = "not retrying" if self.patience.exhausted else f"retry {self.patience.retries}"
+            out += f", MLflow unreachable for {_duration(self.patience.away_for())} ({state})"
+        if self.waiting:
+            out += f", {self.waiting} networks waiting to be logged"
+        return out
 
     def setup(self, **info):
         from .tracking import Tracker
-        tracker = Tracker(self.tracking_uri, self.sweep)
+        tracker = Tracker(_TRACKING_URIS.get(self.sweep, self.tracking_uri), self.sweep)
+        _LOGGERS[self.sweep] = self
         self._queue = queue.Queue()
         self._thread = threading.Thread(target=self._work, args=(tracker,), name="mlflow-logger", daemon=True)
         self._thread.start()
 
     def _work(self, tracker) -> None:
+        from .tracking import TrackingUnavailable, trial_key
         while (item := self._queue.get()) is not None:
             trial_id, packed, networks = item
-            try:
-                for d, r in zip(packed, json.loads(networks)):
-                    tracker.log_network(TrialConfig.from_dict(d), r, trial_id)
-            except Exception as e:  # noqa: BLE001 - never stop the sweep for a logging failure
-                print(f"[sweep {self.sweep}] warning: could not log trial {trial_id} to MLflow "
-                      f"({type(e).__name__}: {e}); retried at the end", flush=True)
+            for d, r in zip(packed, json.loads(networks)):
+                c = TrialConfig.from_dict(d)
+                try:
+                    self.patience.call(lambda: tracker.log_network(c, r, trial_id), describe(c))
+                    self.logged.add(trial_key(c, self.sweep))
+                except TrackingUnavailable:
+                    pass                          # said once by Patience; named at the end
+                except Exception as e:  # noqa: BLE001 - never stop the sweep for a logging failure
+                    print(f"[sweep {self.sweep}] warning: could not log {describe(c)} to MLflow "
+                          f"({type(e).__name__}: {e}); retried at the end", flush=True)
+                finally:
+                    with self._lock:
+                        self.waiting -= 1
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         if "networks" in result:
+            with self._lock:
+                self.waiting += len(trial.config["pack"])
             self._queue.put((trial.trial_id, trial.config["pack"], result["networks"]))
 
     def on_experiment_end(self, trials, **info):
         if self._thread is not None:
+            if self.waiting:
+                print(f"[sweep {self.sweep}] training done; {self.waiting} networks still to log to MLflow"
+                      + (f" (retrying while it is away, at most {self.retry_s:g} s)"
+                         if self.patience.away_since is not None and not self.patience.exhausted else ""),
+                      flush=True)
             self._queue.put(None)
             self._thread.join()
 
@@ -170,8 +219,10 @@ class Progress(tune.Callback):
         left = f"~{_duration((self.n_networks - nets) / rate)} left" if rate > 0 else "time left unknown yet"
         running = sum(s == "running" for s in status.values())
         failed = sum(s == "failed" for s in status.values())
+        logger = _LOGGERS.get(self.sweep)
         return (f"[sweep {self.sweep}] {nets}/{self.n_networks} networks done ({len(done)}/{self.n_trials} trials), "
-                f"{running} running, {failed} failed, elapsed {_duration(elapsed)}, {left}")
+                f"{running} running, {failed} failed, elapsed {_duration(elapsed)}, {left}"
+                + (logger.status() if logger else ""))
 
     def _print(self, trials):
         self.last = time.monotonic()
@@ -228,6 +279,10 @@ def _parser() -> argparse.ArgumentParser:
                         "choice for the device (CPU: 5, the methods of one cell and seed; GPU: memory-bound)")
     s.add_argument("--max-failures", type=int, default=2, help="retries of a failed trial (default 2)")
     s.add_argument("--max-concurrent", type=int, help="at most this many trials at once (default: as resources allow)")
+    s.add_argument("--tracking-retry-s", type=float, default=DEFAULT_TRACKING_RETRY_S,
+                   help="while the MLflow server is away, retry logging (backoff 1..30 s) for at most this "
+                        "many seconds of outage (default 600); networks still unlogged are named at the end "
+                        "and --resume logs them")
     s.add_argument("--resume", action="store_true",
                    help="continue the sweep <storage-path>/<name> as it was started (grid and resource options "
                         "are ignored): re-run unfinished and failed trials, then log what MLflow lacks")
@@ -283,6 +338,8 @@ def _check_resources(a) -> None:
         raise UsageError("--cpus-per-trial 0 with --gpus-per-trial 0: a trial needs some resource")
     if a.max_failures < 0:
         raise UsageError(f"--max-failures {a.max_failures} is not allowed: need an integer >= 0")
+    if not (math.isfinite(a.tracking_retry_s) and a.tracking_retry_s >= 0):
+        raise UsageError(f"--tracking-retry-s {a.tracking_retry_s:g} is not allowed: need a number of seconds >= 0")
     if a.max_concurrent is not None and a.max_concurrent < 1:
         raise UsageError(f"--max-concurrent {a.max_concurrent} is not allowed: need an integer >= 1")
     if a.pack_size != "auto" and a.pack_size < 1:
@@ -324,9 +381,15 @@ def plan_sweep(a) -> Plan:
             raise UsageError(f"--resume: no sweep to resume at {sweep_dir} (no Tune state there); "
                              f"check --name and --storage-path")
         meta = json.loads((sweep_dir / META_FILE).read_text()) if (sweep_dir / META_FILE).is_file() else {}
-        uri = a.tracking_uri or meta.get("tracking_uri") or default_tracking_uri()
-        if meta.get("tracking_uri") and uri != meta["tracking_uri"]:
-            raise UsageError(f"--tracking-uri {uri}: sweep {sweep!r} logs to {meta['tracking_uri']}; "
+        stored = meta.get("tracking_uri")           # without its password (redacted)
+        env = os.environ.get("MLFLOW_TRACKING_URI")
+        uri = a.tracking_uri or (env if env and stored and redact(env) == redact(stored) else None) \
+            or stored or default_tracking_uri()
+        if "***" in uri:
+            raise UsageError(f"--resume: sweep {sweep!r} logs to {stored}: pass its --tracking-uri with the "
+                             f"password (or set MLFLOW_TRACKING_URI, or put the password in ~/.pgpass)")
+        if stored and redact(uri) != redact(stored):
+            raise UsageError(f"--tracking-uri {redact(uri)}: sweep {sweep!r} logs to {redact(stored)}; "
                              f"--resume continues there")
         data = [tuple(d) for d in meta.get("data", [])]
         _check_data(data)
@@ -378,7 +441,7 @@ def dry_run_report(plan: Plan, a) -> str:
         slots = int((torch.cuda.device_count() if device == "gpu" else os.cpu_count() or 1) // max(per_trial, 1e-9))
         slots = max(1, min(slots, plan.n_trials, a.max_concurrent or slots))
         lines.append(f"  on this machine: {slots} trials at once -> about {_duration(seconds / slots)} wall time")
-    lines.append(f"  Tune state: {plan.sweep_dir}; MLflow: {plan.tracking_uri}")
+    lines.append(f"  Tune state: {plan.sweep_dir}; MLflow: {redact(plan.tracking_uri)}")
     return "\n".join(lines)
 
 
@@ -432,6 +495,8 @@ def _error_message(err) -> str:
 def run_sweep(plan: Plan, a) -> int:
     from .tracking import Tracker
     tracker = Tracker(plan.tracking_uri, plan.sweep)          # creates the experiment (and the store)
+    _TRACKING_URIS[plan.sweep] = plan.tracking_uri
+    _LOGGERS.pop(plan.sweep, None)
     started = _init_ray(a)
     try:
         trainable = tune.with_resources(train_pack, {"cpu": a.cpus_per_trial, "gpu": a.gpus_per_trial})
@@ -441,13 +506,14 @@ def run_sweep(plan: Plan, a) -> int:
         else:
             plan.sweep_dir.mkdir(parents=True, exist_ok=True)
             (plan.sweep_dir / META_FILE).write_text(json.dumps({
-                "sweep": plan.sweep, "preset": a.preset, "argv": a.argv, "tracking_uri": plan.tracking_uri,
+                "sweep": plan.sweep, "preset": a.preset, "argv": [redact(x) for x in a.argv],
+                "tracking_uri": redact(plan.tracking_uri),
                 "n_trials": plan.n_trials, "n_networks": plan.n_networks, "pack_size": plan.pack_size,
                 "data": plan.data,
                 "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}, indent=1))
             print(f"[sweep {plan.sweep}] {plan.n_networks} networks in {plan.n_trials} trials (packs of "
                   f"{plan.pack_size}); "
-                  f"Tune state {plan.sweep_dir}; MLflow {plan.tracking_uri}", flush=True)
+                  f"Tune state {plan.sweep_dir}; MLflow {redact(plan.tracking_uri)}", flush=True)
             tuner = tune.Tuner(
                 trainable,
                 param_space={"pack": tune.grid_search([[dataclasses.asdict(c) for c in p] for p in plan.packs])},
@@ -455,7 +521,7 @@ def run_sweep(plan: Plan, a) -> int:
                 run_config=tune.RunConfig(
                     name=plan.sweep, storage_path=str(plan.sweep_dir.parent), verbose=0,
                     failure_config=tune.FailureConfig(max_failures=a.max_failures),
-                    callbacks=[MlflowLogger(plan.tracking_uri, plan.sweep),
+                    callbacks=[MlflowLogger(plan.tracking_uri, plan.sweep, a.tracking_retry_s),
                                Progress(plan.sweep, plan.n_trials, plan.n_networks)]))
         try:
             results = tuner.fit()
@@ -483,14 +549,21 @@ def run_sweep(plan: Plan, a) -> int:
         else:
             networks = json.loads(r.metrics["networks"])
             done += [(c, res, r.metrics.get("trial_id", "")) for c, res in zip(configs, networks)]
-    from .tracking import trial_key
-    have = tracker.existing_keys()
+    from .tracking import TrackingUnavailable, trial_key
+    logger = _LOGGERS.get(plan.sweep)
+    patience = logger.patience if logger else Patience(a.tracking_retry_s, lambda m: print(f"[sweep {plan.sweep}] {m}"))
     logged, log_errors = 0, []
-    for c, res, pack_id in done:
+    try:
+        have = patience.call(tracker.existing_keys, "the check of what MLflow holds")
+    except TrackingUnavailable as e:           # the server is still away: nothing more can be logged now
+        this_session = logger.logged if logger else set()
+        have = None
+        log_errors = [f"{describe(c)}: {e}" for c, _, _ in done if trial_key(c, plan.sweep) not in this_session]
+    for c, res, pack_id in done if have is not None else []:
         if trial_key(c, plan.sweep) in have:
             continue
         try:
-            logged += tracker.log_network(c, res, pack_id)
+            logged += patience.call(lambda: tracker.log_network(c, res, pack_id), describe(c))
         except Exception as e:  # noqa: BLE001
             log_errors.append(f"{describe(c)}: {type(e).__name__}: {e}")
     if logged:
@@ -508,6 +581,12 @@ def run_sweep(plan: Plan, a) -> int:
             print(f"    {describe(c)}  {json.dumps(dataclasses.asdict(c))}")
     for msg in log_errors:
         print(f"  NOT LOGGED to MLflow: {msg}")
+    if log_errors:
+        print(f"  {len(log_errors)} finished networks are not in MLflow; once {redact(plan.tracking_uri)} answers, "
+              f"log them (no retraining) with: --resume --name {plan.sweep}")
+    if logger and logger.patience.outages:
+        print(f"  MLflow was unreachable {len(logger.patience.outages)} time(s): "
+              + ", ".join(f"{s:.0f} s ({n} retries)" for s, n in logger.patience.outages) + "; nothing lost")
     if failed:
         print(f"  re-run the failed trials with: --resume --name {plan.sweep}")
     print(tracker.ui_hint())
@@ -526,12 +605,19 @@ def main(argv: list[str] | None = None) -> int:
         if a.dry_run:
             if a.resume:
                 print(f"[dry-run] sweep {plan.sweep} at {plan.sweep_dir}: {plan.n_networks:,} networks in "
-                      f"{plan.n_trials:,} trials; MLflow {plan.tracking_uri}")
+                      f"{plan.n_trials:,} trials; MLflow {redact(plan.tracking_uri)}")
             else:
                 print(dry_run_report(plan, a))
             return 0
         check_tracking_uri(plan.tracking_uri)
-        return run_sweep(plan, a)
+        saved = {k: os.environ.get(k) for k in MLFLOW_HTTP_ENV}
+        os.environ.update({k: v for k, v in MLFLOW_HTTP_ENV.items() if saved[k] is None})
+        try:
+            return run_sweep(plan, a)
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
     except (UsageError, TrackingError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
