@@ -173,7 +173,7 @@ def _train_phase(c0, ds, train_data, test_data, backend, schedule, device, stack
 
     Returns (state dicts, test scores (K, N, C), per-network TrainStats with that network's share of time,
     test-set features of the networks in `keep_features` (scored through features + head; one pass)).
-    `windows`, a dict, gets each network's wall-clock (start, end) of training (time.time() seconds).
+    `windows`, a dict, gets each network's wall-clock (start, end) of its training loop (time.time() s).
     """
     groups = [list(range(len(models)))] if stack else [[k] for k in range(len(models))]
     states, scores, stats = [None] * len(models), [None] * len(models), [None] * len(models)
@@ -181,10 +181,9 @@ def _train_phase(c0, ds, train_data, test_data, backend, schedule, device, stack
     for g in groups:
         nets = StackedNets([models[k] for k in g], device, channels_last=(len(g) == 1 and device.type == "cpu"))
         loader = _loader(backend, ds, train_data, [plans[k] for k in g], schedule, device, schedule.iterations)
-        w0 = time.time()
         st = train(nets, loader, schedule, lr_scale=lr_scale, only_last=only_last,
                    log_every=max(1, schedule.iterations // 10) if log else 0, log=log or print)
-        w1 = time.time()
+        w1 = time.time()                          # the timed training loop ran [w1 - st.seconds, w1]
         if len(g) == 1 and g[0] in keep_features:
             kept[g[0]] = f = frozen.features(nets.module, test_data.to(device))
             with torch.no_grad():
@@ -195,7 +194,7 @@ def _train_phase(c0, ds, train_data, test_data, backend, schedule, device, stack
             states[k], scores[k] = sd, sc[j]
             stats[k] = TrainStats(st.iterations, st.images // len(g), st.seconds / len(g), [st.final_loss[j]])
             if windows is not None:
-                windows[k] = (w0, w1)
+                windows[k] = (w1 - st.seconds, w1)
     return states, np.stack(scores), stats, kept
 
 

@@ -14,7 +14,7 @@ sweep in `<storage-path>/<name>` (default `./runs/ray/<preset>`); `--resume` con
 only trials that did not finish, and then makes sure every finished network is in MLflow.
 
 A tracking server that goes away (restart, outage) loses nothing: logging retries with a backoff of
-1, 2, 4 .. 30 s, says so on the progress lines, and gives up after `--tracking-retry-s` (default 600 s)
+1, 2, 4 .. 15 s, says so on the progress lines, and gives up after `--tracking-retry-s` (default 600 s)
 of outage; training goes on meanwhile. The networks it could not log are named at the end (exit 1);
 `--resume` logs them without training them again.
 
@@ -280,7 +280,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--max-failures", type=int, default=2, help="retries of a failed trial (default 2)")
     s.add_argument("--max-concurrent", type=int, help="at most this many trials at once (default: as resources allow)")
     s.add_argument("--tracking-retry-s", type=float, default=DEFAULT_TRACKING_RETRY_S,
-                   help="while the MLflow server is away, retry logging (backoff 1..30 s) for at most this "
+                   help="while the MLflow server is away, retry logging (backoff 1..15 s) for at most this "
                         "many seconds of outage (default 600); networks still unlogged are named at the end "
                         "and --resume logs them")
     s.add_argument("--resume", action="store_true",

@@ -153,7 +153,7 @@ class Patience:
     one when the server is back; `outages` records (seconds away, retries) of each outage that ended.
     """
 
-    def __init__(self, bound_s: float, say=print, first_delay_s: float = 1.0, max_delay_s: float = 30.0):
+    def __init__(self, bound_s: float, say=print, first_delay_s: float = 1.0, max_delay_s: float = 15.0):
         self.bound_s, self.say, self.first_delay_s, self.max_delay_s = bound_s, say, first_delay_s, max_delay_s
         self.away_since: float | None = None      # monotonic time of the current outage's first failure
         self.exhausted = False                    # the current outage outlasted bound_s

@@ -268,7 +268,10 @@ def _check_training_runs(runs, configs_by_key):
         assert r.info.status == "FINISHED" and r.info.run_name == describe(c)
         dur = (r.info.end_time - r.info.start_time) / 1000
         train_s = r.data.metrics["train_seconds"]
-        assert train_s > 0 and abs(dur - train_s) <= 0.05 + 0.2 * train_s, (describe(c), dur, train_s)
+        if c.method.startswith("two-phase"):              # phase 1 start .. phase 2 end
+            assert dur >= train_s - 0.002, (describe(c), dur, train_s)
+        else:                                             # its training loop, not the 30-75 ms of logging
+            assert train_s > 0 and abs(dur - train_s) <= 0.002, (describe(c), dur, train_s)
         (inp,) = r.inputs.dataset_inputs
         ds = inp.dataset
         assert ds.name == subset_name(c) and re.fullmatch(r"[0-9a-f]{16}", ds.digest)
@@ -291,7 +294,9 @@ def _configs(name: str, methods=("baseline", "ros"), seeds=2, iterations=10):
     return {trial_key(c, name): c for c in cs}
 
 
-def test_two_sweeps_at_once_each_log_their_networks_exactly_once(server, tmp_path):
+def test_two_sweeps_at_once_each_log_their_networks_exactly_once(server, ray_local, tmp_path):
+    """Two drivers (processes) on one Ray cluster, both logging to the one tracking server."""
+    import ray
     print(f"MLflow server on PostgreSQL answered /health after {server.started_in:.1f} s (new database)")
     assert "mlflow" in Path(f"/proc/{server.pid}/cmdline").read_text()      # the PID file holds MLflow's PID
     t0 = time.monotonic()
@@ -299,7 +304,8 @@ def test_two_sweeps_at_once_each_log_their_networks_exactly_once(server, tmp_pat
     for name in ("pg-a", "pg-b"):
         log = open(tmp_path / f"{name}.log", "w")
         procs[name] = (subprocess.Popen([str(PYTHON), str(ROOT / "sweeps" / "full_grid.py"),
-                                         *_sweep_args(name, tmp_path / "ray", server.url)],
+                                         *_sweep_args(name, tmp_path / "ray", server.url, pack=4),
+                                         "--address", ray.get_runtime_context().gcs_address],
                                         cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT,
                                         env={**os.environ, "PYTHONPATH": str(ROOT)}), log)
     for name, (p, log) in procs.items():
@@ -361,10 +367,10 @@ def test_server_killed_while_results_arrive_loses_nothing(server, ray_local, tmp
     assert int(back.group(2)) == len(retries) == int(retries[-1][1])
     assert re.search(r"MLflow was unreachable 1 time\(s\): \d+ s \(\d+ retries\); nothing lost", out)
     away = seen["back"] - seen["killed"]
-    logged_before = sum("networks waiting to be logged" in ln for ln in out.splitlines())
+    status_lines = sum("networks waiting to be logged" in ln for ln in out.splitlines())
     print(f"OUTAGE: server killed after the 1st network was logged, restart began {seen['restart_called'] - seen['killed']:.1f} s "
           f"later, healthy again after {away:.1f} s away; the sweep saw {back.group(1)} s, {back.group(2)} retries "
-          f"({logged_before} status lines); sweep took {time.monotonic() - t0:.1f} s")
+          f"({status_lines} lines said so); sweep took {time.monotonic() - t0:.1f} s")
     _, runs = _runs(server.url, name)
     want = _configs(name, ("baseline", "ros", "rus"), 2, 20)
     assert sorted(r.data.tags["trial_key"] for r in runs) == sorted(want)     # every network exactly once
