@@ -5,7 +5,7 @@
 #   bash scripts/mlflow_db.sh PASSWORD_FILE
 #
 # PASSWORD_FILE holds one line of at least 16 characters from [A-Za-z0-9._~-], e.g. made with
-#   openssl rand -hex 24 > ~/.mlflow-db-password && chmod 600 ~/.mlflow-db-password
+#   openssl rand -hex 24 > ~/.mlflow-db-password.txt && chmod 600 ~/.mlflow-db-password.txt
 # It creates (or updates the password of) the role $MLFLOW_DB_ROLE (default mlflow), creates the
 # database $MLFLOW_DB_NAME (default mlflow) owned by it, and adds the password for
 # $MLFLOW_DB_HOST:$MLFLOW_DB_PORT (default 127.0.0.1:5432) to $PGPASSFILE (default ~/.pgpass, mode
