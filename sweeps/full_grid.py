@@ -586,7 +586,8 @@ def run_sweep(plan: Plan, a) -> int:
               f"log them (no retraining) with: --resume --name {plan.sweep}")
     if logger and logger.patience.outages:
         print(f"  MLflow was unreachable {len(logger.patience.outages)} time(s): "
-              + ", ".join(f"{s:.0f} s ({n} retries)" for s, n in logger.patience.outages) + "; nothing lost")
+              + ", ".join(f"{s:.0f} s ({n} retries)" for s, n in logger.patience.outages)
+              + ("" if log_errors else "; nothing lost"))
     if failed:
         print(f"  re-run the failed trials with: --resume --name {plan.sweep}")
     print(tracker.ui_hint())

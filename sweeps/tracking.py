@@ -133,15 +133,20 @@ def is_transient(e: BaseException) -> bool:
             return True
     except ImportError:
         pass
-    from mlflow.exceptions import MlflowException
-    if isinstance(e, MlflowException):
+    if isinstance(e, requests.HTTPError):                 # artifact uploads
+        status = getattr(e.response, "status_code", 0) or 0
+        return status >= 500 or status == 429
+    from mlflow.exceptions import MlflowException, RestException
+    if isinstance(e, RestException):                      # the server answered with an error
         status = e.get_http_status_code()
-        if status >= 500 or status == 429:
+        return status >= 500 or status == 429
+    if isinstance(e, MlflowException):                    # raised by the client (INTERNAL_ERROR by default)
+        if e.error_code in ("TEMPORARILY_UNAVAILABLE", "REQUEST_LIMIT_EXCEEDED", "RESOURCE_EXHAUSTED"):
             return True
         text = str(e)
-        return any(s in text for s in ("Max retries exceeded", "Connection refused", "Connection aborted",
-                                       "Connection reset", "RemoteDisconnected", "timed out", "ConnectionError",
-                                       "Failed to establish a new connection", "NewConnectionError"))
+        return bool(re.search(r"failed with error code 5\d\d", text)) or any(s in text for s in (
+            "Max retries exceeded", "Connection refused", "Connection aborted", "Connection reset",
+            "RemoteDisconnected", "timed out", "ConnectionError", "Failed to establish a new connection"))
     return False
 
 
@@ -354,7 +359,7 @@ class Tracker:
 
 def subset_name(config: TrialConfig) -> str:
     """The training subset's name: what make_subset draws it from (dataset, profile, n, seed)."""
-    return (f"{config.dataset}-train-{config.imbalance}-rho{config.rho:g}-mu{config.mu:g}-n{config.n}"
+    return (f"{config.dataset}-{config.imbalance}-rho{config.rho:g}-mu{config.mu:g}-n{config.n}"
             f"-s{config.seed}")
 
 
