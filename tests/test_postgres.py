@@ -354,8 +354,8 @@ def test_server_killed_while_results_arrive_loses_nothing(server, ray_local, tmp
     name = "pg-outage"
     seen: dict = {}
     _kill_after_first_logged(monkeypatch, server, 2.0, seen)
-    argv = _sweep_args(name, tmp_path / "ray", server.url, methods=("baseline", "ros", "rus"), seeds=2, pack=1,
-                       iterations=20)
+    argv = _sweep_args(name, tmp_path / "ray", server.url, methods=("baseline", "ros", "rus"), seeds=2, pack=2,
+                       iterations=10)
     t0 = time.monotonic()
     rc, out = _main(argv)
     seen["thread"].join(timeout=60)
@@ -372,7 +372,7 @@ def test_server_killed_while_results_arrive_loses_nothing(server, ray_local, tmp
           f"later, healthy again after {away:.1f} s away; the sweep saw {back.group(1)} s, {back.group(2)} retries "
           f"({status_lines} lines said so); sweep took {time.monotonic() - t0:.1f} s")
     _, runs = _runs(server.url, name)
-    want = _configs(name, ("baseline", "ros", "rus"), 2, 20)
+    want = _configs(name, ("baseline", "ros", "rus"), 2, 10)
     assert sorted(r.data.tags["trial_key"] for r in runs) == sorted(want)     # every network exactly once
     _check_training_runs(runs, want)
 
