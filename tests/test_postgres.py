@@ -324,7 +324,7 @@ def test_two_sweeps_at_once_each_log_their_networks_exactly_once(server, ray_loc
         _check_training_runs(runs, want)
 
 
-def _kill_after_first_logged(monkeypatch, server, restart_after_s: float | None, seen: dict):
+def _kill_after_first_logged(monkeypatch, server, restart_after_s: float | None, seen: dict, sweep: str):
     """Kill the server as soon as the first network is in MLflow (more results are still to come);
     start it again `restart_after_s` later (in the background), or leave it away (None)."""
     real = tracking.Tracker.log_network
@@ -340,6 +340,7 @@ def _kill_after_first_logged(monkeypatch, server, restart_after_s: float | None,
         out = real(self, *a, **k)
         if not done.is_set():
             done.set()
+            seen["reported_at_kill"] = full_grid._LOGGERS[sweep].waiting    # networks reported so far
             server.kill()
             seen["killed"] = time.monotonic()
             if restart_after_s is not None:
@@ -353,9 +354,9 @@ def _kill_after_first_logged(monkeypatch, server, restart_after_s: float | None,
 def test_server_killed_while_results_arrive_loses_nothing(server, ray_local, tmp_path, monkeypatch):
     name = "pg-outage"
     seen: dict = {}
-    _kill_after_first_logged(monkeypatch, server, 2.0, seen)
-    argv = _sweep_args(name, tmp_path / "ray", server.url, methods=("baseline", "ros", "rus"), seeds=2, pack=2,
-                       iterations=10)
+    _kill_after_first_logged(monkeypatch, server, 2.0, seen, name)
+    argv = _sweep_args(name, tmp_path / "ray", server.url, methods=("baseline", "ros", "rus"), seeds=2, pack=1,
+                       iterations=20)
     t0 = time.monotonic()
     rc, out = _main(argv)
     seen["thread"].join(timeout=60)
@@ -366,13 +367,16 @@ def test_server_killed_while_results_arrive_loses_nothing(server, ray_local, tmp
     assert retries and back, out
     assert int(back.group(2)) == len(retries) == int(retries[-1][1])
     assert re.search(r"MLflow was unreachable 1 time\(s\): \d+ s \(\d+ retries\); nothing lost", out)
+    assert seen["reported_at_kill"] < 6                   # results kept arriving while the server was away
+    during = [ln for ln in out.splitlines() if "networks done" in ln and "MLflow unreachable for" in ln]
+    assert during, out                                     # ... and the progress lines said it was away
     away = seen["back"] - seen["killed"]
-    status_lines = sum("networks waiting to be logged" in ln for ln in out.splitlines())
+    status_lines = sum("MLflow unreachable for" in ln for ln in out.splitlines())
     print(f"OUTAGE: server killed after the 1st network was logged, restart began {seen['restart_called'] - seen['killed']:.1f} s "
           f"later, healthy again after {away:.1f} s away; the sweep saw {back.group(1)} s, {back.group(2)} retries "
-          f"({status_lines} lines said so); sweep took {time.monotonic() - t0:.1f} s")
+          f"({status_lines} lines said so; {seen['reported_at_kill']} of 6 networks reported at the kill); sweep took {time.monotonic() - t0:.1f} s")
     _, runs = _runs(server.url, name)
-    want = _configs(name, ("baseline", "ros", "rus"), 2, 10)
+    want = _configs(name, ("baseline", "ros", "rus"), 2, 20)
     assert sorted(r.data.tags["trial_key"] for r in runs) == sorted(want)     # every network exactly once
     _check_training_runs(runs, want)
 
@@ -380,7 +384,7 @@ def test_server_killed_while_results_arrive_loses_nothing(server, ray_local, tmp
 def test_server_away_past_the_bound_then_resume_logs_without_training(server, ray_local, tmp_path, monkeypatch):
     name = "pg-away"
     seen: dict = {}
-    _kill_after_first_logged(monkeypatch, server, None, seen)
+    _kill_after_first_logged(monkeypatch, server, None, seen, name)
     argv = _sweep_args(name, tmp_path / "ray", server.url) + ["--tracking-retry-s", "3"]
     rc, out = _main(argv)
     assert rc == 1, out
