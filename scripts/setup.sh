@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Idempotent set-up: system packages for ffcv (when root), then .venv/ with the project installed.
+# Idempotent set-up: system packages for ffcv and PostgreSQL (when root), then .venv/ with the project installed.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
@@ -14,6 +14,22 @@ if ! have_pkgs; then
   else
     echo "[setup] ffcv needs system packages; run as root:" >&2
     echo "    apt-get install -y --no-install-recommends $APT_PKGS" >&2
+    exit 1
+  fi
+fi
+# PostgreSQL server binaries (Debian's package) for tests/test_postgres.py, the cluster's tracking store.
+have_pg() { ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null; }
+if ! have_pg; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "[setup] installing postgresql (apt) for the PostgreSQL tracking-store tests"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get install -y -qq --no-install-recommends postgresql >/dev/null 2>&1 || {
+      apt-get update -qq
+      apt-get install -y -qq --no-install-recommends postgresql >/dev/null
+    }
+  else
+    echo "[setup] tests/test_postgres.py needs PostgreSQL's server binaries; run as root:" >&2
+    echo "    apt-get install -y --no-install-recommends postgresql" >&2
     exit 1
   fi
 fi

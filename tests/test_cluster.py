@@ -80,20 +80,25 @@ def test_node_types_declare_resources_and_gpu_types_scale_from_zero(cfg):
 
 
 def _mlflow_command(cfg) -> str:
-    cmds = [c for c in cfg["head_start_ray_commands"] if "mlflow server" in c]
+    cmds = [c for c in cfg["head_start_ray_commands"] if "scripts/mlflow_server.sh" in c]
     assert len(cmds) == 1, "the head starts one MLflow server in head_start_ray_commands"
     return cmds[0]
 
 
 def test_mlflow_server_binds_the_private_address(cfg):
+    # scripts/mlflow_server.sh runs `mlflow server --host $MLFLOW_HOST --port $MLFLOW_PORT
+    # --backend-store-uri $MLFLOW_BACKEND_URI --artifacts-destination $MLFLOW_ARTIFACTS` (tests/test_postgres.py)
     cmd = _mlflow_command(cfg)
-    host = re.search(r"--host\s+(\S+)", cmd).group(1).strip('"\'')
+    host = re.search(r"MLFLOW_HOST=(\S+)", cmd).group(1).strip('"\'')
     assert host not in ("0.0.0.0", "::", "[::]", "*")
     m = re.search(r"\b(\w+)=\"?\$\(hostname -I \| awk '\{print \$1\}'\)", cmd)
     assert m and host == f"${m.group(1)}", "--host is the node's private address (hostname -I)"
-    assert "--port 5000" in cmd
-    assert "--backend-store-uri sqlite:////shared/mlflow/mlflow.db" in cmd
-    assert "--artifacts-destination /shared/mlflow/artifacts" in cmd
+    assert "MLFLOW_PORT=5000" in cmd and cmd.rstrip().endswith("mlflow_server.sh restart")
+    assert "MLFLOW_BACKEND_URI=postgresql://mlflow@127.0.0.1:5432/mlflow" in cmd     # password: ~/.pgpass
+    assert "MLFLOW_ARTIFACTS=/shared/mlflow/artifacts" in cmd
+    setup = "\n".join(cfg["head_setup_commands"])
+    assert "postgresql" in setup and "scripts/mlflow_db.sh ~/.mlflow-db-password.txt" in setup
+    assert cfg["file_mounts"]["~/.mlflow-db-password.txt"] == "~/.mlflow-db-password.txt"
     # MLflow comes up before Ray (workers log to it as soon as they run trials)
     ray_start = next(i for i, c in enumerate(cfg["head_start_ray_commands"]) if "ray start --head" in c)
     assert cfg["head_start_ray_commands"].index(cmd) < ray_start

@@ -169,3 +169,110 @@ def test_mlflow_ui_shows_sweep_runs(tmp_path):
     assert len(data) > 20_000, f"screenshot is only {len(data)} bytes (blank page?)"
     if os.environ.get("MLFLOW_UI_SHOT"):        # keep the screenshot to look at
         Path(os.environ["MLFLOW_UI_SHOT"]).write_bytes(data)
+
+
+# --------------------------------------------------------------------------- runs that read as training runs
+
+class _Cells(HTMLParser):
+    """The runs table's text per (row-id = run id, col-id), from the grid's rows and cells."""
+
+    def __init__(self):
+        super().__init__()
+        self.cells: dict[tuple[str, str], list[str]] = {}
+        self._stack: list[tuple[str, str | None, str | None]] = []     # (tag, row-id, col-id)
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        row, col = (self._stack[-1][1:] if self._stack else (None, None))
+        self._stack.append((tag, a.get("row-id") or row, a.get("col-id") or col))
+
+    def handle_endtag(self, tag):
+        while self._stack:
+            if self._stack.pop()[0] == tag:
+                break
+
+    def handle_data(self, data):
+        if self._stack and data.strip():
+            _, row, col = self._stack[-1]
+            if row and col:
+                self.cells.setdefault((row, col), []).append(data.strip())
+
+
+def _ui_seconds(text: str) -> tuple[float, float]:
+    """The UI's Duration ("412ms", "5.3s", "1.6min", "2.1h", "1.2d") in seconds, and its rounding (+-)."""
+    import re
+    m = re.fullmatch(r"(\d+)(\.\d)?(ms|s|min|h|d)", text)
+    assert m, f"not a duration: {text!r}"
+    unit = {"ms": 0.001, "s": 1, "min": 60, "h": 3600, "d": 86400}[m.group(3)]
+    return float(m.group(1) + (m.group(2) or "")) * unit, (0.05 if m.group(2) else 0.5) * unit
+
+
+def test_mlflow_ui_shows_training_duration_and_subset_dataset(tmp_path):
+    """Networks trained for real and logged by the project's Tracker: the UI's Duration is each network's
+    training time (not the few ms of logging), and its Dataset column names the training subset with the
+    digest of its indices; the two networks trained on one subset show the same dataset."""
+    from imbalance_core.trial import TrialConfig, run_trials
+    from sweeps.tracking import Tracker, subset_name, trial_key
+
+    if not CHROMIUM.exists():
+        pytest.fail(f"{CHROMIUM} is missing: run `bash scripts/install_chromium.sh` (as root) to install it")
+    port = _free_port()
+    base = f"http://127.0.0.1:{port}"
+    log = open(tmp_path / "server.log", "wb")
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    server = subprocess.Popen(
+        [str(MLFLOW), "ui", "--backend-store-uri", f"sqlite:///{tmp_path / 'mlflow.db'}",
+         "--default-artifact-root", str(tmp_path / "artifacts"),
+         "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+        cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        # trained while the server comes up: seed 0 baseline and ROS share their subset, seed 1 does not
+        configs = [TrialConfig(method=m, seed=s, iterations=60) for m, s in
+                   (("baseline", 0), ("ros", 0), ("baseline", 1))]
+        results = run_trials(configs)
+        t0 = time.monotonic()
+        while True:
+            try:
+                with urllib.request.urlopen(f"{base}/health", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            assert server.poll() is None, "mlflow ui exited:\n" + (tmp_path / "server.log").read_text()[-3000:]
+            if time.monotonic() - t0 > HEALTH_TIMEOUT_S:
+                pytest.fail(f"mlflow ui did not answer /health in {HEALTH_TIMEOUT_S} s")
+            time.sleep(0.5)
+        tracker = Tracker(base, "ui-training-runs")
+        run_ids = {}
+        for c, r in zip(configs, results):
+            t = time.monotonic()
+            assert tracker.log_network(c, r, "p0")
+            print(f"{c.method} s{c.seed}: trained {r['train_seconds']:.2f} s, logged in {time.monotonic() - t:.2f} s")
+            (run,) = tracker.client.search_runs([tracker.experiment_id],
+                                                f"tags.trial_key = '{trial_key(c, 'ui-training-runs')}'")
+            run_ids[(c.method, c.seed)] = run.info.run_id
+        url = f"{base}/#/experiments/{tracker.experiment_id}/runs"
+        res = subprocess.run(
+            [str(CHROMIUM), *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'chromium'}",
+             f"--screenshot={tmp_path / 'runs.png'}", "--dump-dom", url],
+            capture_output=True, timeout=120, cwd=tmp_path)
+    finally:
+        _stop(server)
+        log.close()
+    assert res.returncode == 0, res.stderr.decode(errors="replace")[-3000:]
+    parser = _Cells()
+    parser.feed(res.stdout.decode(errors="replace"))
+    cells = parser.cells
+    shown = {}
+    for (c, r) in zip(configs, results):
+        run_id = run_ids[(c.method, c.seed)]
+        duration = cells.get((run_id, "duration"))
+        dataset = cells.get((run_id, "attributes.`Dataset`"))
+        assert duration and dataset, f"run {run_id} has no Duration/Dataset cell; cells: {sorted(cells)[:20]}"
+        # Duration = the network's training loop (the UI rounds to 0.1 s)
+        seconds, rounding = _ui_seconds(duration[0])
+        assert abs(seconds - r["train_seconds"]) <= rounding + 0.002, (duration, r["train_seconds"])
+        want = f"{subset_name(c)} ({r['subset_digest'][:16]})"
+        assert dataset[:2] == [want, "train"], dataset
+        shown[(c.method, c.seed)] = dataset[0]
+    assert shown[("baseline", 0)] == shown[("ros", 0)] != shown[("baseline", 1)]

@@ -205,6 +205,28 @@ def test_default_cpu_pack_equals_alone_exactly(packs):
         same_metrics({**p, "pack_size": 1}, a)
 
 
+def test_results_carry_training_window_and_subset_digest(packs):
+    """started_at/ended_at: the network's training loop on the wall clock (one after another on CPU,
+    together when stacked); subset_digest: sha256 of the subset's indices (same seed, same digest)."""
+    import hashlib
+
+    from imbalance_core.datasets import load_dataset
+    from imbalance_core.imbalance import make_subset
+    labels = np.asarray(load_dataset("mnist-sample").train_y)
+    for name in ("default", "stacked", "alone"):
+        for c, r in zip(packs["configs"], packs[name]):
+            assert r["ended_at"] - r["started_at"] == pytest.approx(r["train_seconds"] * (3 if name == "stacked" else 1),
+                                                                    abs=1e-3)
+            sub = make_subset(labels, c.dataset, c.imbalance, c.n, c.rho, c.mu, c.seed)
+            assert r["subset_digest"] == hashlib.sha256(np.asarray(sub.indices, dtype="<i8").tobytes()).hexdigest()
+    d = packs["default"]
+    assert d[0]["ended_at"] <= d[1]["started_at"] and d[1]["ended_at"] <= d[2]["started_at"]   # in turn
+    assert len({r["subset_digest"] for r in d}) == 3
+    assert [r["subset_digest"] for r in d] == [r["subset_digest"] for r in packs["alone"]]
+    s = packs["stacked"]
+    assert len({(r["started_at"], r["ended_at"]) for r in s}) == 1                             # together
+
+
 def test_same_seed_identical_on_cpu(packs):
     with spying() as rec:
         again = run_trial(packs["configs"][0])
