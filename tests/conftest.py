@@ -1,4 +1,5 @@
-"""Shared pytest fixtures."""
+"""Shared pytest fixtures and helpers."""
+import json
 import os
 from pathlib import Path
 
@@ -13,3 +14,10 @@ def shared_data() -> Path:
     """The real datasets in ../shared/data (never copied into the repository)."""
     assert SHARED_DATA.is_dir(), f'shared data not found at {SHARED_DATA} (tests read ../shared/data)'
     return SHARED_DATA
+
+
+def final_reports(sweep_dir: Path) -> dict[str, int]:
+    """Final reports (a pack's results) per trial folder of a sweep: Tune appends one line to result.json per
+    `tune.report`; a pack also reports its progress (with a checkpoint) after each finished network."""
+    return {p.parent.name: sum("networks" in json.loads(ln) for ln in p.read_text().splitlines() if ln.strip())
+            for p in Path(sweep_dir).glob("train_pack_*/result.json")}

@@ -19,6 +19,7 @@ from imbalance_core.trial import TrialConfig
 from sweeps import full_grid
 from sweeps.grids import cell_of, describe
 from sweeps.tracking import trial_key
+from conftest import final_reports  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SWEEP = "t-sweep"
@@ -36,13 +37,6 @@ def _runs(uri, name=SWEEP):
     c = _client(uri)
     exp = c.get_experiment_by_name(name)
     return c, exp, c.search_runs([exp.experiment_id], max_results=1000)
-
-
-def _result_lines(sweep_dir: Path) -> dict[str, int]:
-    """Final reports (a pack's results) per trial folder: Tune appends one line to result.json per
-    `tune.report`; a pack also reports its progress (with a checkpoint) after each finished network."""
-    return {p.parent.name: sum("networks" in json.loads(ln) for ln in p.read_text().splitlines() if ln.strip())
-            for p in sweep_dir.glob("train_pack_*/result.json")}
 
 
 @pytest.fixture
@@ -137,11 +131,11 @@ def sweep(ray_local, tmp_path_factory):
     out1 = _run(argv, state, "rc1", "out1")
     mp.undo()
     state["runs1"] = sorted((r.data.tags["trial_key"], r.info.run_id) for r in _runs(uri)[2])
-    state["lines1"] = _result_lines(sweep_dir)
+    state["lines1"] = final_reports(sweep_dir)
 
     (data / "MNIST.away").rename(data / "MNIST")
     _run(argv + ["--resume"], state, "rc2", "out2")
-    state["lines2"] = _result_lines(sweep_dir)
+    state["lines2"] = final_reports(sweep_dir)
     return state
 
 
@@ -240,7 +234,7 @@ def test_resume_of_a_finished_sweep_reconciles_mlflow_without_training(sweep, ca
     assert full_grid.main(sweep["argv"] + ["--resume"]) == 0
     out = capsys.readouterr().out
     assert "reconciliation: logged 1 finished networks that were missing from MLflow" in out
-    assert _result_lines(sweep["sweep_dir"]) == sweep["lines2"]           # nothing trained again
+    assert final_reports(sweep["sweep_dir"]) == sweep["lines2"]           # nothing trained again
     _, _, after = _runs(sweep["uri"])
     assert len(after) == 6 and len({r.data.tags["trial_key"] for r in after}) == 6
     assert gone.data.tags["trial_key"] in {r.data.tags["trial_key"] for r in after}

@@ -39,6 +39,7 @@ import pytest
 from sweeps import full_grid, tracking
 from sweeps.grids import describe
 from sweeps.tracking import subset_name, trial_key
+from conftest import final_reports  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 PYTHON = Path(sys.executable)
@@ -231,12 +232,6 @@ def _main(argv) -> tuple[int, str]:
     return rc, buf.getvalue()
 
 
-def _result_lines(sweep_dir: Path) -> dict[str, int]:
-    """Final reports (a pack's results) per trial folder; a pack also reports progress after each network."""
-    return {p.parent.name: sum("networks" in json.loads(ln) for ln in p.read_text().splitlines() if ln.strip())
-            for p in sweep_dir.glob("train_pack_*/result.json")}
-
-
 @pytest.fixture
 def no_ray(monkeypatch):
     def refuse(a):
@@ -396,7 +391,7 @@ def test_server_away_past_the_bound_then_resume_logs_without_training(server, ra
     want = _configs(name)
     assert len(not_logged) == 3 and set(not_logged) < {describe(c) for c in want.values()}, out
     assert f"log them (no retraining) with: --resume --name {name}" in out
-    lines = _result_lines(tmp_path / "ray" / name)
+    lines = final_reports(tmp_path / "ray" / name)
     assert sum(lines.values()) == 2
 
     monkeypatch.undo()
@@ -407,7 +402,7 @@ def test_server_away_past_the_bound_then_resume_logs_without_training(server, ra
     rc, out = _main(argv + ["--resume"])
     assert rc == 0, out
     assert "logged 3 finished networks that were missing from MLflow" in out
-    assert _result_lines(tmp_path / "ray" / name) == lines                    # nothing trained again
+    assert final_reports(tmp_path / "ray" / name) == lines                    # nothing trained again
     _, runs = _runs(server.url, name)
     assert sorted(r.data.tags["trial_key"] for r in runs) == sorted(want)
     _check_training_runs(runs, want)
