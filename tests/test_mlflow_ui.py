@@ -106,6 +106,13 @@ def _stop(proc: subprocess.Popen) -> None:
     proc.wait(timeout=5)
 
 
+def _dump_dom(url: str, tmp_path: Path, shot: Path, timeout: float) -> subprocess.CompletedProcess:
+    """Headless Chromium renders `url`: a screenshot to `shot`, the DOM on stdout."""
+    return subprocess.run([str(CHROMIUM), *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'chromium'}",
+                           f"--screenshot={shot}", "--dump-dom", url], capture_output=True, timeout=timeout,
+                          cwd=tmp_path)
+
+
 def test_mlflow_ui_shows_sweep_runs(tmp_path):
     if not CHROMIUM.exists():
         pytest.fail(f"{CHROMIUM} is missing: run `bash scripts/install_chromium.sh` (as root) to install it")
@@ -139,10 +146,7 @@ def test_mlflow_ui_shows_sweep_runs(tmp_path):
         shot = tmp_path / "runs.png"
         url = f"{base}/#/experiments/{exp_id}/runs?orderByKey=metrics.%60auc%60&orderByAsc=false"
         t1 = time.monotonic()
-        res = subprocess.run(
-            [str(CHROMIUM), *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'chromium'}",
-             f"--screenshot={shot}", "--dump-dom", url],
-            capture_output=True, timeout=90, cwd=tmp_path)
+        res = _dump_dom(url, tmp_path, shot, timeout=90)
         t_browser = time.monotonic() - t1
     finally:
         _stop(server)
@@ -252,10 +256,7 @@ def test_mlflow_ui_shows_training_duration_and_subset_dataset(tmp_path):
                                                 f"tags.trial_key = '{trial_key(c, 'ui-training-runs')}'")
             run_ids[(c.method, c.seed)] = run.info.run_id
         url = f"{base}/#/experiments/{tracker.experiment_id}/runs"
-        res = subprocess.run(
-            [str(CHROMIUM), *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'chromium'}",
-             f"--screenshot={tmp_path / 'runs.png'}", "--dump-dom", url],
-            capture_output=True, timeout=120, cwd=tmp_path)
+        res = _dump_dom(url, tmp_path, tmp_path / 'runs.png', timeout=120)
     finally:
         _stop(server)
         log.close()
