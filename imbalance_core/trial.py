@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from . import datasets as D
-from . import frozen
+from . import frozen, packing
 from .imbalance import PROFILES, class_counts, make_subset
 from .loaders import BACKENDS, InMemoryDataset, TensorLoader, TorchLoader, eval_batches
 from . import losses as L
@@ -77,11 +77,18 @@ class TrialConfig:
         return S.get(self.dataset).model
 
 
+def check_device_name(device: str) -> None:
+    """ValueError unless `device` names a device a trial can ask for (whether this machine has it or not)."""
+    if device not in ("auto", "cpu", "cuda") and not (device.startswith("cuda:") and device[5:].isdigit()):
+        raise ValueError(f"device={device!r} is not allowed; choose auto, cpu, cuda or cuda:N")
+
+
 def resolve_device(device: str) -> torch.device:
+    """The device a trial runs on, here: 'auto' is CUDA where this machine (or the GPU Ray gave this
+    worker) has one; ValueError for a CUDA device this machine lacks."""
+    check_device_name(device)
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device != "cpu" and device != "cuda" and not (device.startswith("cuda:") and device[5:].isdigit()):
-        raise ValueError(f"device={device!r} is not allowed; choose auto, cpu, cuda or cuda:N")
     dev = torch.device(device)
     if dev.type == "cuda" and (not torch.cuda.is_available() or (dev.index or 0) >= torch.cuda.device_count()):
         raise ValueError(f"device={device!r} was asked for but that CUDA device is not available here "
@@ -99,8 +106,10 @@ def resolve_loader(config: TrialConfig) -> str:
 
 
 
-def validate(config: TrialConfig) -> None:
-    """Every check that needs no data: raise ValueError naming the bad value before anything runs."""
+def validate(config: TrialConfig, here: bool = True) -> None:
+    """Every check that needs no data: raise ValueError naming the bad value before anything runs.
+    here=False: the trial runs elsewhere (a sweep's driver checks a config for its workers): the device
+    is checked by name only, and resolved on the worker that runs the trial."""
     ds = S.get(config.dataset)                       # names an unknown dataset
     if ds.needs_data_dir and not config.data_dir:
         raise ValueError(f"dataset={config.dataset!r} needs a data directory (--data-dir)")
@@ -118,7 +127,10 @@ def validate(config: TrialConfig) -> None:
     if spec.needs_level:
         SamplingPlan.check_level(spec.phases[0].sampler, counts, config.level)
     config.schedule  # validates iterations and lr
-    resolve_device(config.device)
+    if here:
+        resolve_device(config.device)
+    else:
+        check_device_name(config.device)
     resolve_loader(config)
 
 
@@ -169,6 +181,11 @@ def _check_pack(configs: list[TrialConfig]) -> None:
             raise ValueError(f"a pack must share {name}; got {sorted(map(str, values))}")
 
 
+def _groups(n: int, stack: int) -> list[list[int]]:
+    """Indices 0..n-1 in consecutive groups of <= stack networks trained at once (stack 1: one by one)."""
+    return [list(range(i, min(n, i + stack))) for i in range(0, n, max(1, stack))]
+
+
 def _train_phase(c0, ds, train_data, test_data, backend, schedule, device, stack, models, plans,
                  lr_scale=1.0, only_last=False, log=None, keep_features=(), losses=None, windows=None):
     """Train `models` on `plans` (stacked in one vmap, or one after another), then score the test set.
@@ -178,7 +195,7 @@ def _train_phase(c0, ds, train_data, test_data, backend, schedule, device, stack
     test-set features of the networks in `keep_features` (scored through features + head; one pass)).
     `windows`, a dict, gets each network's wall-clock (start, end) of its training loop (time.time() s).
     """
-    groups = [list(range(len(models)))] if stack else [[k] for k in range(len(models))]
+    groups = _groups(len(models), stack)
     states, scores, stats = [None] * len(models), [None] * len(models), [None] * len(models)
     kept = {}
     for g in groups:
@@ -227,12 +244,15 @@ def phase1_key(config: TrialConfig) -> str:
 
 def run_trials(configs: list[TrialConfig], log=None, stack: bool | None = None,
                cache_features: bool = True, *, done: dict[int, dict] | None = None,
-               phase1: dict[str, dict] | None = None, on_progress=None) -> list[dict]:
+               phase1: dict[str, dict] | None = None, on_progress=None,
+               max_stack: int | None = None) -> list[dict]:
     """Train and evaluate every config of a pack (same dataset and schedule); one result dict each.
 
     stack: train the pack's networks as one vmap-stacked model (default on CUDA, where it pays) or one
     after another (default on CPU, where stacking measured no faster; the pack still shares one process,
     one dataset load and one set of test batches).
+    max_stack: at most this many networks stacked at once (default: as many as this device's memory
+    holds, packing.auto_pack_size; the pack is trained in groups of that size).
     cache_features: run phase 2 of two-phase methods on cached features where that is exact
     (imbalance_core/frozen.py; LeNet-5 on in-memory arrays); False fine-tunes the whole network.
 
@@ -270,6 +290,12 @@ def run_trials(configs: list[TrialConfig], log=None, stack: bool | None = None,
     t_start = time.perf_counter()
 
     stack = device.type == "cuda" if stack is None else stack
+    # networks trained at once: decided here, on the machine that trains them (its device's memory)
+    if stack:
+        stack = max_stack or (packing.auto_pack_size(c0.model, schedule.batch_size, device)
+                              if device.type == "cuda" else len(configs))
+    else:
+        stack = 1
     cached_phase2 = cache_features and frozen.can_cache(MODELS[c0.model], backend)
     phase = functools.partial(_train_phase, c0, ds, train_data, test_data, backend, schedule, device, stack)
     build = functools.partial(build_model, c0.model, ds.num_classes)
@@ -340,7 +366,7 @@ def run_trials(configs: list[TrialConfig], log=None, stack: bool | None = None,
     losses = [L.build(specs[rep[k]].phases[0].loss, subsets[rep[k]].counts, schedule.iterations,
                       specs[rep[k]].param_dict, device) for k in keys]
     keep = {j for j, k in enumerate(keys) if any(i in two for i in groups[k])} if cached_phase2 else set()
-    for g in ([list(range(len(keys)))] if stack else [[j] for j in range(len(keys))]) if keys else []:
+    for g in _groups(len(keys), stack):
         w: dict[int, tuple] = {}
         st1, te1, sts1, f1 = phase([models[j] for j in g], [plans[j] for j in g], log=log,
                                    keep_features={n for n, j in enumerate(g) if j in keep},
@@ -364,7 +390,7 @@ def run_trials(configs: list[TrialConfig], log=None, stack: bool | None = None,
     for i in two:
         by_phase.setdefault(specs[i].phases[1], []).append(i)
     for ph, members in by_phase.items():
-        for part in [members] if stack else [[i] for i in members]:
+        for part in [[members[j] for j in g] for g in _groups(len(members), stack)]:
             models = []
             for i in part:
                 m = build(seed=configs[i].seed, head=specs[i].head)
@@ -376,7 +402,7 @@ def run_trials(configs: list[TrialConfig], log=None, stack: bool | None = None,
             if cached_phase2 and ph.only_last:
                 w0 = time.time()
                 test2, stats2, heads2 = frozen.finetune_heads(
-                    models, plans, train_data, test_data, schedule, device, ph.lr_scale, stack,
+                    models, plans, train_data, test_data, schedule, device, ph.lr_scale, stack > 1,
                     test_features=[features1.get(phase1_key(configs[i])) for i in part])
                 w2 = dict.fromkeys(range(len(part)), (w0, time.time()))
                 head = MODELS[c0.model].last_layers[-1]

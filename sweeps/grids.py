@@ -225,7 +225,7 @@ def expand(grid: Grid, overrides: Overrides | None = None) -> list[TrialConfig]:
         raise ValueError(f"preset {grid.name!r} has no networks left after the overrides")
     for c in configs:
         try:
-            validate(c)
+            validate(c, here=False)            # the device is resolved on the worker that trains it
         except ValueError as e:
             raise ValueError(f"{e} (network {describe(c)})") from None
     return list(configs)

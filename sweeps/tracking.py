@@ -31,6 +31,7 @@ from .grids import cell_of, describe
 from .run_figures import confusion_png, recall_png
 
 EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
+REHEARSAL_TAG = "rehearsal"    # experiment and run tag of a sweep that did not train (--rehearse)
 METRICS = ("auc", "accuracy", "accuracy_thresholded", "train_seconds", "images_per_second", "final_loss",
            "train_examples", "epoch_examples")
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -252,11 +253,14 @@ def dumps(obj) -> str:
 class Tracker:
     """The MLflow experiment of one sweep (experiment name = sweep name)."""
 
-    def __init__(self, uri: str, sweep: str):
+    def __init__(self, uri: str, sweep: str, rehearsal: bool = False):
+        """rehearsal: a sweep that does not train (`--rehearse`): its experiment and every run carry the tag
+        rehearsal=true (and its name ends in -rehearsal)."""
         import mlflow
         from mlflow.tracking import MlflowClient
         check_tracking_uri(uri)
-        self.uri, self.sweep = uri, sweep
+        self.uri, self.sweep, self.rehearsal = uri, sweep, rehearsal
+        self.figure_cpu_s = 0.0            # CPU time this process spent drawing the runs' figures
         mlflow.set_tracking_uri(uri)
         self.client = MlflowClient(tracking_uri=uri)
         try:
@@ -270,13 +274,16 @@ class Tracker:
             folder = local_store_dir(self.uri)
             location = (folder / "mlartifacts").resolve().as_uri() if folder else None
             eid = self.client.create_experiment(self.sweep, artifact_location=location and f"{location}/{self.sweep}",
-                                                tags=dict([EXPERIMENT_KIND]))
+                                                tags=dict([EXPERIMENT_KIND, *self._rehearsal_tag()]))
             return eid
         if exp.lifecycle_stage == "deleted":
             self.client.restore_experiment(exp.experiment_id)
         if exp.tags.get(EXPERIMENT_KIND[0]) != EXPERIMENT_KIND[1]:
             self.client.set_experiment_tag(exp.experiment_id, *EXPERIMENT_KIND)
         return exp.experiment_id
+
+    def _rehearsal_tag(self) -> list[tuple[str, str]]:
+        return [(REHEARSAL_TAG, "true")] if self.rehearsal else []
 
     def _runs(self, filter_string: str):
         from mlflow.entities import ViewType
@@ -320,7 +327,7 @@ class Tracker:
         params.update(model=str(result["model"]), code_version=code_version(), base_lr=str(result["base_lr"]),
                       batch_size=str(result["batch_size"]))
         tags = {"sweep": self.sweep, "cell": cell_of(config), "trial_key": key, "method": config.method,
-                "pack_id": str(pack_id), "node_id": str(result.get("node_id", ""))}
+                "pack_id": str(pack_id), "node_id": str(result.get("node_id", "")), **dict(self._rehearsal_tag())}
         metrics = {k: float(result[k]) for k in METRICS}
         metrics.update({k: float(v) for k, v in result.items() if k.startswith("accuracy_posthoc_")})
         for name in ("recall", "recall_thresholded", *(k for k in result if k.startswith("recall_posthoc_"))):
@@ -332,21 +339,26 @@ class Tracker:
         run = self.client.create_run(self.experiment_id, start_time=start_ms, run_name=describe(config), tags=tags)
         run_id = run.info.run_id
         try:
-            self.client.log_batch(run_id, params=[Param(k, v) for k, v in params.items()])
             if "subset_digest" in result:
                 self.client.log_inputs(run_id, datasets=[subset_input(config, result)])
-            ms = [Metric(k, v, run.info.start_time, 0) for k, v in metrics.items()]
-            for i in range(0, len(ms), 1000):            # MLflow takes at most 1000 metrics per batch
-                self.client.log_batch(run_id, metrics=ms[i:i + 1000])
+            # params and metrics in as few batches as MLflow takes (<= 1000 values, <= 100 params each)
+            batch = [Param(k, v) for k, v in params.items()] + \
+                [Metric(k, v, run.info.start_time, 0) for k, v in metrics.items()]
+            for i in range(0, len(batch), 100 if len(params) > 100 else 1000):
+                part = batch[i:i + (100 if len(params) > 100 else 1000)]
+                self.client.log_batch(run_id, params=[x for x in part if isinstance(x, Param)],
+                                      metrics=[x for x in part if isinstance(x, Metric)])
             with tempfile.TemporaryDirectory(prefix="sweep-artifacts-") as tmp:
                 tmp = Path(tmp)
                 doc = {"config": dataclasses.asdict(config), "sweep": self.sweep, "trial_key": key,
                        "pack_id": str(pack_id), **result}
                 (tmp / "result.json").write_text(dumps(doc))
+                t0 = time.thread_time()
                 confusion_png(tmp / "confusion_matrix.png", result["confusion_matrix"],
                               result["confusion_matrix_thresholded"])
                 recall_png(tmp / "per_class_recall.png", result["recall"], result["recall_thresholded"],
                            result.get("class_counts"))
+                self.figure_cpu_s += time.thread_time() - t0
                 self.client.log_artifacts(run_id, str(tmp))
         except BaseException:
             try:

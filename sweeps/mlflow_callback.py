@@ -1,0 +1,167 @@
+"""The MLflow side of a sweep, on the driver: each finished network becomes one MLflow run, exactly once.
+
+    MlflowLogger    a Tune callback: logs every network of a trial's final report as it arrives
+    reconcile       after the sweep (or on --resume): logs whatever finished but is not in MLflow
+
+Both go through one idempotent path, `tracking.Tracker.log_network` (a network whose FINISHED run exists
+is not logged again; a half-logged run of a killed driver is replaced).
+"""
+from __future__ import annotations
+
+import queue
+import threading
+import time
+
+from ray import tune
+
+from imbalance_core.trial import TrialConfig
+
+from .grids import describe
+from .plan import DEFAULT_TRACKING_RETRY_S, duration
+from .trainable import networks_of
+from .tracking import Patience, redact
+
+_LOGGERS: dict[str, "MlflowLogger"] = {}   # sweep name -> the MlflowLogger Tune set up in this process
+_TRACKING_URIS: dict[str, str] = {}        # sweep name -> its tracking URI, password included (not pickled)
+
+
+TRACKING_REDIRECT: dict[str, str] = {}   # sweep -> tracking URI that replaces the one pinned in its state
+
+
+class DriverCost:
+    """The driver's own cost since this object was made (a rehearsal prints it; benchmarks/rehearsal.py reads
+    it): wall time, this process's CPU time split into MLflow logging (the logger's thread and the
+    reconciliation; the figures drawn there counted apart) and the rest (Tune's event loop, callbacks), and
+    peak memory."""
+
+    def __init__(self):
+        import resource
+        u = resource.getrusage(resource.RUSAGE_SELF)
+        self.t0, self.cpu0 = time.monotonic(), u.ru_utime + u.ru_stime
+        self.logging_s = 0.0               # logging CPU counted outside an MlflowLogger (reconciliation)
+
+    def line(self, logger: "MlflowLogger | None" = None, *trackers) -> str:
+        import resource
+        u = resource.getrusage(resource.RUSAGE_SELF)
+        cpu = u.ru_utime + u.ru_stime - self.cpu0
+        log = self.logging_s + (logger.cpu_s if logger else 0.0)
+        fig = sum(t.figure_cpu_s for t in (*trackers, logger and logger.tracker) if t is not None)
+        return (f"driver: wall {time.monotonic() - self.t0:.1f} s, CPU {cpu:.1f} s = MLflow logging {log - fig:.1f} s "
+                f"+ figures {fig:.1f} s + Tune and the rest {cpu - log:.1f} s; peak memory {u.ru_maxrss / 1024:.0f} MB")
+
+
+class MlflowLogger(tune.Callback):
+    """Logs each network of a reported trial result to MLflow from the driver, exactly once.
+
+    Logging (a few SQL writes and two PNGs per network) runs on one background thread, so that it
+    never holds up Tune's event loop; `on_experiment_end` waits for it to drain. While the tracking
+    server is away the thread retries (`tracking.Patience`, bounded by `retry_s`) and says so; what
+    it could not log, or a killed driver did not log, is logged by the reconciliation at the end of
+    this run or the next (`--resume`).
+    """
+
+    def __init__(self, tracking_uri: str, sweep: str, retry_s: float = DEFAULT_TRACKING_RETRY_S,
+                 rehearsal: bool = False):
+        self.tracking_uri, self.sweep, self.retry_s, self.rehearsal = tracking_uri, sweep, retry_s, rehearsal
+        self._queue: queue.Queue | None = None
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self.waiting = 0                          # networks reported but not yet through logging
+        self.logged: set[str] = set()             # trial_keys logged (or found logged) by this session
+        self.cpu_s = 0.0                          # CPU time of the logging thread (figures included)
+        self.tracker = None
+        self.patience = Patience(retry_s, self._say)
+
+    def __getstate__(self):                       # Tune pickles callbacks with the sweep (tuner.pkl)
+        return {"tracking_uri": redact(self.tracking_uri), "sweep": self.sweep, "retry_s": self.retry_s,
+                "rehearsal": self.rehearsal}
+
+    def __setstate__(self, state):
+        # `--resume --tracking-uri NEW`: the callback Tune restores from the sweep's state logs to NEW
+        self.__init__(TRACKING_REDIRECT.get(state["sweep"], state["tracking_uri"]), state["sweep"],
+                      state.get("retry_s", DEFAULT_TRACKING_RETRY_S), state.get("rehearsal", False))
+
+    def _say(self, msg: str) -> None:
+        print(f"[sweep {self.sweep}] {msg}; {self.waiting} networks waiting to be logged", flush=True)
+
+    def status(self) -> str:
+        """For the progress line: the logging backlog and an ongoing outage."""
+        out = ""
+        if self.patience.away_since is not None:
+            state = "not retrying" if self.patience.exhausted else f"retry {self.patience.retries}"
+            out += f", MLflow unreachable for {duration(self.patience.away_for())} ({state})"
+        if self.waiting:
+            out += f", {self.waiting} networks waiting to be logged"
+        return out
+
+    def setup(self, **info):
+        from .tracking import Tracker
+        tracker = Tracker(_TRACKING_URIS.get(self.sweep, self.tracking_uri), self.sweep, self.rehearsal)
+        _LOGGERS[self.sweep] = self
+        self._queue = queue.Queue()
+        self._thread = threading.Thread(target=self._work, args=(tracker,), name="mlflow-logger", daemon=True)
+        self._thread.start()
+
+    def _work(self, tracker) -> None:
+        from .tracking import TrackingUnavailable, trial_key
+        self.tracker = tracker
+        cost, last = DriverCost(), time.monotonic()
+        while (item := self._queue.get()) is not None:
+            t0 = time.thread_time()
+            trial_id, packed, networks = item
+            for d, r in zip(packed, networks):
+                c = TrialConfig.from_dict(d)
+                try:
+                    self.patience.call(lambda: tracker.log_network(c, r, trial_id), describe(c))
+                    self.logged.add(trial_key(c, self.sweep))
+                except TrackingUnavailable:
+                    pass                          # said once by Patience; named at the end
+                except Exception as e:  # noqa: BLE001 - never stop the sweep for a logging failure
+                    print(f"[sweep {self.sweep}] warning: could not log {describe(c)} to MLflow "
+                          f"({type(e).__name__}: {e}); retried at the end", flush=True)
+                finally:
+                    with self._lock:
+                        self.waiting -= 1
+            self.cpu_s += time.thread_time() - t0
+            if self.rehearsal and time.monotonic() - last >= 30:     # the driver's cost as it goes
+                last = time.monotonic()
+                print(f"[sweep {self.sweep}] rehearsal {cost.line(self)}; {len(self.logged)} networks logged, "
+                      f"{self.waiting} waiting", flush=True)
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        if "networks" in result:
+            with self._lock:
+                self.waiting += len(trial.config["pack"])
+            self._queue.put((trial.trial_id, trial.config["pack"], networks_of(result)))
+
+    def on_experiment_end(self, trials, **info):
+        if self._thread is not None:
+            if self.waiting:
+                print(f"[sweep {self.sweep}] training done; {self.waiting} networks still to log to MLflow"
+                      + (f" (retrying while it is away, at most {self.retry_s:g} s)"
+                         if self.patience.away_since is not None and not self.patience.exhausted else ""),
+                      flush=True)
+            self._queue.put(None)
+            self._thread.join()
+
+
+def reconcile(tracker, sweep: str, done: list[tuple[TrialConfig, dict, str]], retry_s: float) -> tuple[int, list[str]]:
+    """Log every finished network (config, result, pack id) that MLflow lacks: covers a driver killed
+    between a trial's end and its logging, and logging errors during the sweep. (logged, errors)."""
+    from .tracking import TrackingUnavailable, trial_key
+    logger = _LOGGERS.get(sweep)
+    patience = logger.patience if logger else Patience(retry_s, lambda m: print(f"[sweep {sweep}] {m}"))
+    logged, log_errors = 0, []
+    try:
+        have = patience.call(tracker.existing_keys, "the check of what MLflow holds")
+    except TrackingUnavailable as e:           # the server is still away: nothing more can be logged now
+        this_session = logger.logged if logger else set()
+        return 0, [f"{describe(c)}: {e}" for c, _, _ in done if trial_key(c, sweep) not in this_session]
+    for c, res, pack_id in done:
+        if trial_key(c, sweep) in have:
+            continue
+        try:
+            logged += patience.call(lambda: tracker.log_network(c, res, pack_id), describe(c))
+        except Exception as e:  # noqa: BLE001
+            log_errors.append(f"{describe(c)}: {type(e).__name__}: {e}")
+    return logged, log_errors
