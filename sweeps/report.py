@@ -17,7 +17,8 @@ to DIR (default `reports/<SWEEP>/`):
   partial-ros / partial-rus, anchored by baseline (level = rho) and full ROS / RUS (level = 1) when
   those runs exist.
 
-A figure whose data is missing is skipped, and the reason is returned and written in results.md.
+The figures are drawn by `sweeps.figures` (REPORT_FIGURES). A figure whose data is missing is skipped,
+and the reason is returned and written in results.md.
 When a cell was run at several base learning rates (CIFAR-10), the table keeps one row per lr and the
 figures plot, for each point, the lr with the best mean AUC (the paper's lr search).
 """
@@ -31,32 +32,14 @@ from collections import defaultdict
 from pathlib import Path
 from statistics import mean, stdev
 
-import matplotlib
+import mlflow
+from mlflow.tracking import MlflowClient
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import mlflow  # noqa: E402
-from mlflow.tracking import MlflowClient  # noqa: E402
-
-from imbalance_core import methods as M  # noqa: E402
-from imbalance_core.metrics import BEST_POSTHOC  # noqa: E402
+from imbalance_core.metrics import BEST_POSTHOC
+from sweeps.figures import REPORT_FIGURES, fmt_num, method_rank
 
 METRICS = ("auc", "accuracy", "accuracy_thresholded", BEST_POSTHOC)
 KEY_FIELDS = ("dataset", "imbalance", "rho", "mu", "method", "level", "lr")
-
-
-def is_partial(method: str) -> bool:
-    """A method swept over levels (partial sampling): drawn against level, not rho."""
-    spec = M.SPECS.get(method.split(":", 1)[0])
-    return bool(spec and spec.needs_level)
-
-
-def method_label(method: str) -> str:
-    """The legend of a method: its spec's label (with its overrides), or the name of an unknown method."""
-    try:
-        return M.get(method).display
-    except ValueError:
-        return method
 CSV_COLUMNS = (["dataset", "imbalance", "rho", "mu", "method", "level", "lr", "n"]
                + [f"{m}_{s}" for m in METRICS for s in ("mean", "std", "min", "max")])
 
@@ -132,17 +115,10 @@ def _stats(values: list[float]) -> dict:
             "min": min(vals), "max": max(vals)}
 
 
-def _method_rank(method: str) -> tuple:
-    """The method registry's order (imbalance_core/methods.py), read at call time; unknown methods last."""
-    order = list(M.SPECS)
-    base = method.split(":", 1)[0]
-    return (order.index(base) if base in order else len(order), method)
-
-
 def _sort_key(row: dict) -> tuple:
     none_last = lambda v: (v is None, v if v is not None else 0.0)  # noqa: E731
     return (row["dataset"], row["imbalance"], none_last(row["rho"]), none_last(row["mu"]),
-            _method_rank(row["method"]), none_last(row["level"]), none_last(row["lr"]))
+            method_rank(row["method"]), none_last(row["level"]), none_last(row["lr"]))
 
 
 def aggregate(runs: list[dict]) -> list[dict]:
@@ -173,10 +149,6 @@ def _best_lr(rows: list[dict]) -> list[dict]:
 
 
 # ---------------------------------------------------------------------------------------- writing
-
-def _fmt_num(v) -> str:
-    return "" if v is None else f"{v:g}"
-
 
 def _csv_value(v) -> str:
     if v is None:
@@ -214,8 +186,8 @@ def write_markdown(sweep: str, tracking_uri: str, n_runs: int, rows: list[dict],
               "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append("| " + " | ".join([
-            r["dataset"], r["imbalance"], _fmt_num(r["rho"]), _fmt_num(r["mu"]), r["method"],
-            _fmt_num(r["level"]) or "—", _fmt_num(r["lr"]) or "default", str(r["n"]),
+            r["dataset"], r["imbalance"], fmt_num(r["rho"]), fmt_num(r["mu"]), r["method"],
+            fmt_num(r["level"]) or "—", fmt_num(r["lr"]) or "default", str(r["n"]),
             _pm(r, "auc"), _pm(r, "accuracy"), _pm(r, "accuracy_thresholded"), _pm(r, BEST_POSTHOC)]) + " |")
     lines += ["", "## Figures", ""]
     lines += [f"- [{p.name}]({p.name})" for p in figures] or ["- (none)"]
@@ -223,189 +195,6 @@ def write_markdown(sweep: str, tracking_uri: str, n_runs: int, rows: list[dict],
         lines += ["", "## Skipped figures", ""]
         lines += [f"- `{name}`: {why}" for name, why in skipped.items()]
     path.write_text("\n".join(lines) + "\n")
-
-
-# ---------------------------------------------------------------------------------------- figures
-
-def _colors(methods) -> dict[str, tuple]:
-    cmap = plt.get_cmap("tab10")
-    return {m: cmap(i % 10) for i, m in enumerate(sorted(methods, key=_method_rank))}
-
-
-def _panels(rows: list[dict]) -> list[tuple[str, list[dict]]]:
-    """(title, rows) per imbalance type, split per mu when there are several (step)."""
-    panels = []
-    for imb in sorted({r["imbalance"] for r in rows}):
-        sub = [r for r in rows if r["imbalance"] == imb]
-        mus = sorted({r["mu"] for r in sub}, key=lambda v: (v is None, v or 0))
-        if len(mus) > 1:                            # step: one panel per mu
-            for mu in mus:
-                panels.append((f"{imb}, mu={_fmt_num(mu)}", [r for r in sub if r["mu"] == mu]))
-        else:
-            panels.append((imb, sub))
-    return panels
-
-
-def _grid(n: int, w: float = 4.2, h: float = 3.4):
-    ncols = min(n, 3)
-    nrows = math.ceil(n / ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(w * ncols, h * nrows), squeeze=False, layout="constrained")
-    for ax in axes.flat[n:]:
-        ax.set_visible(False)
-    return fig, list(axes.flat[:n])
-
-
-def _n_rho(panel_rows: list[dict]) -> int:
-    return len({r["rho"] for r in panel_rows if r["rho"] is not None})
-
-
-def _lines_vs_rho(ax, panel_rows, colors, metric: str, style: str = "-", band: bool = True,
-                  label_suffix: str = "") -> None:
-    for method in sorted({r["method"] for r in panel_rows}, key=_method_rank):
-        pts = sorted((r for r in panel_rows if r["method"] == method and r[f"{metric}_mean"] is not None
-                      and r["rho"] is not None), key=lambda r: r["rho"])
-        if not pts:
-            continue
-        x = [r["rho"] for r in pts]
-        ax.plot(x, [r[f"{metric}_mean"] for r in pts], style, marker="o", ms=3, color=colors[method],
-                label=method_label(method) + label_suffix)
-        if band and any(r["n"] > 1 for r in pts):
-            ax.fill_between(x, [r[f"{metric}_min"] for r in pts], [r[f"{metric}_max"] for r in pts],
-                            color=colors[method], alpha=0.15, lw=0)
-    ax.set_xscale("log")
-    ax.set_xlabel("rho (max / min class size)")
-    ax.grid(True, which="both", alpha=0.3)
-
-
-def fig_auc_vs_rho(dataset: str, rows: list[dict], out: Path) -> Path | str:
-    rows = [r for r in rows if not is_partial(r["method"])]
-    panels = [(t, pr) for t, pr in _panels(rows) if _n_rho(pr) >= 2]
-    if not panels:
-        return "needs >= 2 rho values in some (imbalance, mu) cell of non-partial methods"
-    colors = _colors({r["method"] for r in rows})
-    fig, axes = _grid(len(panels))
-    for ax, (title, pr) in zip(axes, panels):
-        _lines_vs_rho(ax, pr, colors, "auc")
-        ax.set_title(f"{dataset}: {title}")
-        ax.set_ylabel("ROC AUC (x100)")
-    axes[0].legend(fontsize=7)
-    fig.suptitle("AUC vs rho (mean; band = min-max over repetitions)", fontsize=9)
-    fig.savefig(out, dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    return out
-
-
-def fig_accuracy_vs_rho(dataset: str, rows: list[dict], out: Path) -> Path | str:
-    rows = [r for r in rows if not is_partial(r["method"])]
-    panels = [(t, pr) for t, pr in _panels(rows) if _n_rho(pr) >= 2]
-    if not panels:
-        return "needs >= 2 rho values in some (imbalance, mu) cell of non-partial methods"
-    if not any(r["accuracy_mean"] is not None for _, pr in panels for r in pr):
-        return "no accuracy metric logged"
-    colors = _colors({r["method"] for r in rows})
-    fig, axes = _grid(len(panels))
-    for ax, (title, pr) in zip(axes, panels):
-        _lines_vs_rho(ax, pr, colors, "accuracy", "-", band=False)
-        _lines_vs_rho(ax, pr, colors, "accuracy_thresholded", "--", band=False, label_suffix=" +thr")
-        ax.set_title(f"{dataset}: {title}")
-        ax.set_ylabel("accuracy (%)")
-    axes[0].legend(fontsize=6, ncol=2)
-    fig.suptitle("Accuracy vs rho: solid = argmax, dashed = with thresholding (mean over repetitions)",
-                 fontsize=9)
-    fig.savefig(out, dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    return out
-
-
-def fig_heatmaps(dataset: str, rows: list[dict], out: Path) -> Path | str:
-    step = [r for r in rows if r["imbalance"] == "step" and not is_partial(r["method"])
-            and r["auc_mean"] is not None and r["rho"] is not None and r["mu"] is not None]
-    methods = [m for m in sorted({r["method"] for r in step}, key=_method_rank)
-               if len({r["mu"] for r in step if r["method"] == m}) >= 2
-               and len({r["rho"] for r in step if r["method"] == m}) >= 2]
-    if not methods:
-        return "needs step imbalance with >= 2 mu and >= 2 rho values for some method"
-    step = [r for r in step if r["method"] in methods]
-    mus = sorted({r["mu"] for r in step})
-    rhos = sorted({r["rho"] for r in step})
-    vmin = min(r["auc_mean"] for r in step)
-    vmax = max(r["auc_mean"] for r in step)
-    fig, axes = _grid(len(methods), w=0.55 * len(rhos) + 2.6, h=0.42 * len(mus) + 2.0)
-    im = None
-    for ax, m in zip(axes, methods):
-        grid = [[math.nan] * len(rhos) for _ in mus]
-        for r in step:
-            if r["method"] == m:
-                grid[mus.index(r["mu"])][rhos.index(r["rho"])] = r["auc_mean"]
-        im = ax.imshow(grid, origin="lower", aspect="auto", cmap="viridis", vmin=vmin, vmax=vmax)
-        ax.set_xticks(range(len(rhos)), [_fmt_num(v) for v in rhos], fontsize=7, rotation=45)
-        ax.set_yticks(range(len(mus)), [_fmt_num(v) for v in mus], fontsize=7)
-        ax.set_xlabel("rho")
-        ax.set_ylabel("mu")
-        ax.set_title(method_label(m), fontsize=9)
-        if len(rhos) * len(mus) <= 120:
-            for i in range(len(mus)):
-                for j in range(len(rhos)):
-                    if not math.isnan(grid[i][j]):
-                        ax.text(j, i, f"{grid[i][j]:.1f}", ha="center", va="center", fontsize=6,
-                                color="white" if grid[i][j] < (vmin + vmax) / 2 else "black")
-    fig.colorbar(im, ax=axes, shrink=0.8, label="mean ROC AUC (x100)")
-    fig.suptitle(f"{dataset}, step imbalance: mean AUC over repetitions", fontsize=9)
-    fig.savefig(out, dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    return out
-
-
-def fig_partial(dataset: str, rows: list[dict], out: Path) -> Path | str:
-    partial = [r for r in rows if is_partial(r["method"]) and r["level"] is not None and r["auc_mean"] is not None]
-    if not partial:
-        return "no partial-ros / partial-rus runs"
-    cells = sorted({(r["imbalance"], r["rho"], r["mu"]) for r in partial},
-                   key=lambda c: (c[0], c[1] or 0, c[2] or 0))
-    partial_methods = sorted({r["method"] for r in partial}, key=_method_rank)
-    colors = _colors(set(partial_methods))
-    panels = []
-    for imb, rho, mu in cells:
-        same = [r for r in rows if (r["imbalance"], r["rho"], r["mu"]) == (imb, rho, mu) and r["auc_mean"] is not None]
-        curves = {}
-        for pm in partial_methods:
-            pts = {r["level"]: r for r in same if r["method"] == pm and r["level"] is not None}
-            if not pts:
-                continue
-            base = M.get(pm).phases[0].sampler.removeprefix("partial-")   # its full-sampling anchor
-            for r in same:                          # anchors: the original set and full sampling
-                if r["method"] == "baseline" and rho is not None:
-                    pts.setdefault(rho, r)
-                if r["method"] == base:
-                    pts.setdefault(1.0, r)
-            curves[pm] = sorted(pts.items())
-        if any(len(c) >= 2 for c in curves.values()):
-            panels.append((imb, rho, mu, curves))
-    if not panels:
-        return "partial sampling needs >= 2 levels (baseline and full ROS/RUS count as levels rho and 1)"
-    fig, axes = _grid(len(panels))
-    for ax, (imb, rho, mu, curves) in zip(axes, panels):
-        for pm, pts in curves.items():
-            x = [lv for lv, _ in pts]
-            ax.plot(x, [r["auc_mean"] for _, r in pts], "-o", ms=3, color=colors[pm], label=method_label(pm))
-            if any(r["n"] > 1 for _, r in pts):
-                ax.fill_between(x, [r["auc_min"] for _, r in pts], [r["auc_max"] for _, r in pts],
-                                color=colors[pm], alpha=0.15, lw=0)
-        ax.set_xscale("log")
-        ax.invert_xaxis()                           # original imbalance (level = rho) on the left
-        ax.set_xlabel("level (imbalance ratio left after sampling)")
-        ax.set_ylabel("ROC AUC (x100)")
-        ax.set_title(f"{dataset}: {imb}, rho={_fmt_num(rho)}, mu={_fmt_num(mu)}", fontsize=9)
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=7)
-    fig.suptitle("Partial sampling\n(level = rho: baseline; level = 1: full ROS / RUS)", fontsize=9)
-    fig.savefig(out, dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    return out
-
-
-FIGURES = (("auc_vs_rho", fig_auc_vs_rho), ("heatmap_auc", fig_heatmaps),
-           ("accuracy_vs_rho", fig_accuracy_vs_rho), ("partial_sampling", fig_partial))
 
 
 # ------------------------------------------------------------------------------------------- API
@@ -426,10 +215,10 @@ def build_report(tracking_uri: str, sweep_name: str, out_dir: str | Path | None 
     skipped: dict[str, str] = {}
     datasets = sorted({r["dataset"] for r in rows})
     if not datasets:
-        skipped.update({name: "no finished runs with metrics" for name, _ in FIGURES})
+        skipped.update({name: "no finished runs with metrics" for name, _ in REPORT_FIGURES})
     for ds in datasets:
         ds_rows = [r for r in plot_rows if r["dataset"] == ds]
-        for name, fn in FIGURES:
+        for name, fn in REPORT_FIGURES:
             target = out / f"{name}_{ds}.png"
             res = fn(ds, ds_rows, target)
             if isinstance(res, Path):

@@ -28,7 +28,7 @@ from pathlib import Path
 from imbalance_core.trial import TrialConfig
 
 from .grids import cell_of, describe
-from .run_figures import confusion_png, recall_png
+from .figures import confusion_png, recall_png
 
 EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
 REHEARSAL_TAG = "rehearsal"    # experiment and run tag of a sweep that did not train (--rehearse)

@@ -1,4 +1,4 @@
-"""cluster.yaml and the cluster machinery (sweeps/cluster.py).
+"""cluster.yaml and the cluster machinery (sweeps/cluster.py; the test harness: tests/cluster_harness.py).
 
 a) cluster.yaml: Ray's own schema check, no credentials, GPU types scale from zero, MLflow bound to
    the private address, token auth, shared storage.
@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -28,6 +26,7 @@ import pytest
 import yaml
 
 from sweeps import cluster as C
+import cluster_harness as H
 
 REPO = Path(__file__).resolve().parents[1]
 CLUSTER_YAML = REPO / "cluster.yaml"
@@ -121,7 +120,7 @@ def test_token_auth_shared_storage_and_project_setup(cfg):
 
 
 def test_fake_provider_config_is_the_yamls_node_types(cfg):
-    fake = C.fake_provider_config(cfg, 6390, head_ip="127.0.0.1")
+    fake = H.fake_provider_config(cfg, 6390, head_ip="127.0.0.1")
     from ray.autoscaler._private.util import validate_config
     validate_config(fake)
     types = fake["available_node_types"]
@@ -131,10 +130,10 @@ def test_fake_provider_config_is_the_yamls_node_types(cfg):
         assert types[name]["resources"] == nt["resources"]
         assert types[name]["min_workers"] == 0
     p = fake["provider"]
-    assert p["type"] == "external" and p["module"] == C.FAKE_PROVIDER_MODULE
-    assert p["gcs_address"] == "127.0.0.1:6390" and p["head_node_id"] == C.FAKE_HEAD_NODE_ID
+    assert p["type"] == "external" and p["module"] == H.FAKE_PROVIDER_MODULE
+    assert p["gcs_address"] == "127.0.0.1:6390" and p["head_node_id"] == H.FAKE_HEAD_NODE_ID
     assert fake["idle_timeout_minutes"] == cfg["idle_timeout_minutes"]
-    small = C.fake_provider_config(cfg, 6390, head_ip="127.0.0.1", max_workers=2, node_types=["gpu_1x"])
+    small = H.fake_provider_config(cfg, 6390, head_ip="127.0.0.1", max_workers=2, node_types=["gpu_1x"])
     assert set(small["available_node_types"]) == {"ray.head.default", "gpu_1x"}
     assert small["max_workers"] == 2 and small["available_node_types"]["gpu_1x"]["max_workers"] == 2
 
@@ -145,32 +144,10 @@ def test_fake_provider_config_is_the_yamls_node_types(cfg):
 
 @pytest.fixture(scope="module")
 def ray_env():
-    """Local test clusters: token auth with the local default token (~/.ray/auth_token, made if missing),
-    Ray's address file etc. in a temp dir of our own."""
-    saved = {k: os.environ.get(k) for k in ("RAY_AUTH_MODE", "RAY_TMPDIR", "RAY_USAGE_STATS_ENABLED")}
-    tmp = tempfile.mkdtemp(prefix="rct_", dir="/tmp")
-    os.makedirs(os.path.join(tmp, "ray"), exist_ok=True)
-    os.environ.update(RAY_AUTH_MODE="token", RAY_TMPDIR=tmp, RAY_USAGE_STATS_ENABLED="0")
-    _refresh_ray_config()
-    from ray._private.authentication.authentication_token_setup import ensure_token_if_auth_enabled
-    ensure_token_if_auth_enabled(create_token_if_missing=True)
-    yield tmp
-    shutil.rmtree(tmp, ignore_errors=True)
-    for k, v in saved.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
-    _refresh_ray_config()
-
-
-def _refresh_ray_config() -> None:
-    """Make this process see RAY_AUTH_MODE as it is now. Ray caches the mode (and the token) per process:
-    an earlier local ray.init() here (tests/test_full_grid.py) switches token auth on, and a test cluster
-    started without token auth after it had every actor of this driver die. So the test clusters use
-    token auth too, with the same default token."""
-    from ray._raylet import Config
-    Config.initialize("")
+    """Local test clusters: token auth with the local default token, Ray's files in a temp dir of our own
+    (cluster_harness.ray_test_env)."""
+    with H.ray_test_env("rct_") as tmp:
+        yield tmp
 
 
 @pytest.fixture(scope="module")
@@ -258,22 +235,16 @@ class NodeWatch:
 # ---------------------------------------------------------------------------------------------
 
 def test_sweep_runs_on_several_nodes(ray_env, store):
-    from ray.cluster_utils import Cluster
-
     t0 = time.monotonic()
     temp_dir = os.path.join(ray_env, "ray")
-    ports = C.free_ports(5)
-    cluster = Cluster(initialize_head=True, head_node_args=dict(
-        gcs_server_port=ports[0], num_cpus=0, num_gpus=0, temp_dir=temp_dir, include_dashboard=False,
-        dashboard_port=ports[1], dashboard_agent_listen_port=ports[2], metrics_export_port=ports[3],
-        runtime_env_agent_port=ports[4], min_worker_port=0, max_worker_port=0))
+    cluster = H.multinode_cluster(temp_dir)
     try:
         workers = {cluster.add_node(num_cpus=1, num_gpus=1).node_id for _ in range(2)}
         t_up = time.monotonic() - t0
         rc = run_sweep(cluster.address, store, "multinode", repetitions=1, gpus=1)
         t_sweep = time.monotonic() - t0 - t_up
         assert rc == 0
-        nodes = C.trial_nodes(store / "ray_results" / "multinode", temp_dir)
+        nodes = H.trial_nodes(store / "ray_results" / "multinode", temp_dir)
         used = set().union(*nodes.values()) if nodes else set()
         print(f"\n[multi-node] up {t_up:.0f}s, sweep {t_sweep:.0f}s; {len(nodes)} trials on "
               f"{len(used)} nodes {sorted(n[-6:] for n in used)} (workers {sorted(n[-6:] for n in workers)})")
@@ -281,9 +252,7 @@ def test_sweep_runs_on_several_nodes(ray_env, store):
         assert len(used) >= 2, f"trials ran on one node only: {nodes}"
         assert_each_network_once(store, "multinode", len(expected_networks(1)))
     finally:
-        cluster.shutdown()
-        leftovers = C.processes_with(temp_dir)
-        C.terminate(leftovers)
+        leftovers = H.stop_multinode(cluster)
         assert not leftovers, f"processes left after Cluster.shutdown: {leftovers}"
 
 
@@ -294,13 +263,13 @@ def test_sweep_runs_on_several_nodes(ray_env, store):
 @pytest.fixture(scope="module")
 def autoscaling_cluster(cfg, ray_env):
     """cluster.yaml's node types, at most 2 workers at a time (this machine has 2 cores)."""
-    fake = C.fake_provider_config(cfg, C.free_ports(1)[0], max_workers=2)
+    fake = H.fake_provider_config(cfg, H.free_ports(1)[0], max_workers=2)
     t0 = time.monotonic()
-    with C.LocalCluster(fake, env={"RAY_SCHEDULER_EVENTS": "0"}) as cluster:
+    with H.LocalCluster(fake, env={"RAY_SCHEDULER_EVENTS": "0"}) as cluster:
         cluster.t_up = time.monotonic() - t0
         yield cluster
         temp_dir = cluster.temp_dir
-    left = C.processes_with(temp_dir)
+    left = H.processes_with(temp_dir)
     assert not left, f"LocalCluster.stop left processes: {left}"
 
 
@@ -315,7 +284,7 @@ def test_autoscaler_launches_gpu_nodes_for_the_sweep(autoscaling_cluster, store)
     assert rc == 0
     types = c.node_types()
     gpu_nodes = {n["node_id"] for n in c.worker_nodes() if n["resources"].get("GPU", 0) >= 1}
-    nodes = C.trial_nodes(store / "ray_results" / "autoscale", c.temp_dir)
+    nodes = H.trial_nodes(store / "ray_results" / "autoscale", c.temp_dir)
     used = set().union(*nodes.values()) if nodes else set()
     print(f"\n[autoscale] head up {c.t_up:.0f}s, sweep {t_sweep:.0f}s; workers seen {len(watch.ever)} "
           f"(max {watch.max_alive} alive): {sorted((n[-5:], types.get(n)) for n in watch.ever)}; "
@@ -328,7 +297,7 @@ def test_autoscaler_launches_gpu_nodes_for_the_sweep(autoscaling_cluster, store)
 
 def _training_worker_node(cluster) -> str | None:
     """A worker node on which a Tune trial is training right now."""
-    busy = [n for n in cluster.running("ray::ImplicitFunc.train") if n != C.FAKE_HEAD_NODE_ID]
+    busy = [n for n in cluster.running("ray::ImplicitFunc.train") if n != H.FAKE_HEAD_NODE_ID]
     return busy[0] if busy else None
 
 

@@ -22,7 +22,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import urllib.request
@@ -31,6 +30,7 @@ from pathlib import Path
 import pytest
 
 from sweeps import cluster as C
+import cluster_harness as H
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
@@ -40,49 +40,26 @@ METHODS = ["baseline", "ros", "rus", "two-phase-ros", "two-phase-rus"]
 @pytest.fixture(scope="module")
 def ray_env():
     """Token auth with the local default token, as tests/test_cluster.py does (Ray caches the auth mode
-    per process), and Ray's files in a temp dir of our own."""
-    saved = {k: os.environ.get(k) for k in ("RAY_AUTH_MODE", "RAY_TMPDIR", "RAY_USAGE_STATS_ENABLED")}
-    tmp = tempfile.mkdtemp(prefix="rcr_", dir="/tmp")
-    os.makedirs(os.path.join(tmp, "ray"), exist_ok=True)
-    os.environ.update(RAY_AUTH_MODE="token", RAY_TMPDIR=tmp, RAY_USAGE_STATS_ENABLED="0")
-    from ray._raylet import Config
-    Config.initialize("")
-    from ray._private.authentication.authentication_token_setup import ensure_token_if_auth_enabled
-    ensure_token_if_auth_enabled(create_token_if_missing=True)
-    yield tmp
-    shutil.rmtree(tmp, ignore_errors=True)
-    for k, v in saved.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
-    Config.initialize("")
+    per process), and Ray's files in a temp dir of our own (cluster_harness.ray_test_env)."""
+    with H.ray_test_env("rcr_") as tmp:
+        yield tmp
 
 
 @pytest.fixture(scope="module")
 def cluster(ray_env):
     """A head without CPUs (runs no trial) and one worker node of 1 CPU; tests add and kill workers."""
-    from ray.cluster_utils import Cluster
-    temp_dir = os.path.join(ray_env, "ray")
-    ports = C.free_ports(5)
-    c = Cluster(initialize_head=True, head_node_args=dict(
-        gcs_server_port=ports[0], num_cpus=0, num_gpus=0, temp_dir=temp_dir, include_dashboard=False,
-        dashboard_port=ports[1], dashboard_agent_listen_port=ports[2], metrics_export_port=ports[3],
-        runtime_env_agent_port=ports[4], min_worker_port=0, max_worker_port=0,
-        _system_config=C.FAST_HEALTH_CHECK))
-    c.temp_dir = temp_dir
+    c = H.multinode_cluster(os.path.join(ray_env, "ray"), system_config=H.FAST_HEALTH_CHECK)
     try:
         yield c
     finally:
-        c.shutdown()
-        C.terminate(C.processes_with(temp_dir))
+        H.stop_multinode(c)
 
 
 class MlflowServer:
     """`mlflow server` on 127.0.0.1:<port> over a store folder (the EFS folder of a real cluster)."""
 
     def __init__(self, store: Path):
-        self.store, self.port = store, C.free_ports(1)[0]
+        self.store, self.port = store, H.free_ports(1)[0]
         self.uri = f"http://127.0.0.1:{self.port}"
         exe = Path(sys.executable).with_name("mlflow")
         self.proc = subprocess.Popen(

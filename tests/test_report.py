@@ -256,8 +256,9 @@ def test_a_new_method_spec_reaches_every_table_and_figure(tmp_path, monkeypatch)
                     f = fake_metrics({**c, "method": "ros"}) if method == "toy" else fake_metrics(c)
                     log_contract_run(client, exp_id, "toy-sweep", c, {k: v + 0.5 * (method == "toy")
                                                                       for k, v in f.items()})
+    from sweeps import figures
     legends: list[str] = []
-    real_close = report.plt.close
+    real_close = figures.plt.close
 
     def close(fig=None):
         for ax in getattr(fig, "axes", []):
@@ -265,7 +266,7 @@ def test_a_new_method_spec_reaches_every_table_and_figure(tmp_path, monkeypatch)
             legends.extend(t.get_text() for t in (leg.get_texts() if leg else []))
             legends.append(ax.get_title())
         real_close(fig)
-    monkeypatch.setattr(report.plt, "close", close)
+    monkeypatch.setattr(figures.plt, "close", close)
     out = report.build_report(uri, "toy-sweep", tmp_path / "out")
     methods_in_table = [ln.split(" | ")[4] for ln in out["results_md"].read_text().splitlines()
                         if ln.startswith("| mnist")]

@@ -46,7 +46,7 @@ def test_trailing_carriage_return_is_stripped(capsys, tmp_path, monkeypatch):
     assert full_grid.normalize_tracking_uri("http://10.0.0.5:5000\r") == "http://10.0.0.5:5000"
     assert "surrounding whitespace removed" in capsys.readouterr().err
     # then the sweep goes on to the reachability check with the clean URI (nothing listens: exit 2)
-    from sweeps.cluster import free_ports
+    from cluster_harness import free_ports
     uri = f"http://127.0.0.1:{free_ports(1)[0]}"
     rc, out, err = run(["--preset", "quick", "--tracking-uri", uri + "\r", "--storage-path", str(tmp_path)], capsys)
     assert rc == 2 and f"tracking server {uri} is not reachable" in err, err
