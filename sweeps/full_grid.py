@@ -69,7 +69,7 @@ from .mlflow_callback import (_LOGGERS, _TRACKING_URIS, TRACKING_REDIRECT, Drive
 from .plan import (DEFAULT_PRICE_PER_GPU_HOUR, DEFAULT_TRACKING_RETRY_S, META_FILE, Plan,  # noqa: F401
                    SweepOptions, UsageError, dry_run_report, duration, normalize_tracking_uri, parse_options,
                    plan_sweep)
-from .trainable import networks_of, rehearse_pack, train_pack
+from .trainable import is_final, pack_results, rehearse_pack, train_pack
 from .tracking import REPO_ROOT, TrackingError, check_tracking_uri, redact
 
 # MLflow's HTTP client would otherwise retry an absent server silently for minutes per request
@@ -246,10 +246,10 @@ def run_sweep(plan: Plan, opts: SweepOptions) -> int:
                 trials_by_path = {t.path: t for t in tune.ExperimentAnalysis(results.experiment_path).trials}
             packed = trials_by_path[r.path].config["pack"]
         configs = [TrialConfig.from_dict(d) for d in packed]
-        if r.error is not None or "networks" not in (r.metrics or {}):
+        if r.error is not None or not is_final(r.metrics or {}):
             failed.append((configs, _error_message(r.error) if r.error is not None else "no result reported"))
         else:
-            done += [(c, res, r.metrics.get("trial_id", "")) for c, res in zip(configs, networks_of(r.metrics))]
+            done += [(c, res, r.metrics.get("trial_id", "")) for c, res in zip(configs, pack_results(r.metrics, r.checkpoint))]
     logger = _LOGGERS.get(plan.sweep)
     t = time.thread_time()
     logged, log_errors = reconcile(tracker, plan.sweep, done, opts.tracking_retry_s)

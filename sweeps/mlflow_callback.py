@@ -18,7 +18,7 @@ from imbalance_core.trial import TrialConfig
 
 from .grids import describe
 from .plan import DEFAULT_TRACKING_RETRY_S, duration
-from .trainable import networks_of
+from .trainable import is_final, pack_results
 from .tracking import Patience, redact
 
 _LOGGERS: dict[str, "MlflowLogger"] = {}   # sweep name -> the MlflowLogger Tune set up in this process
@@ -69,6 +69,7 @@ class MlflowLogger(tune.Callback):
         self.waiting = 0                          # networks reported but not yet through logging
         self.logged: set[str] = set()             # trial_keys logged (or found logged) by this session
         self.cpu_s = 0.0                          # CPU time of the logging thread (figures included)
+        self._final: dict[str, dict] = {}         # trial_id -> its final report, until its checkpoint arrives
         self.tracker = None
         self.patience = Patience(retry_s, self._say)
 
@@ -108,7 +109,15 @@ class MlflowLogger(tune.Callback):
         cost, last = DriverCost(), time.monotonic()
         while (item := self._queue.get()) is not None:
             t0 = time.thread_time()
-            trial_id, packed, networks = item
+            trial_id, packed, result, checkpoint = item
+            try:
+                networks = pack_results(result, checkpoint)
+            except Exception as e:  # noqa: BLE001 - the reconciliation reads it again at the end
+                print(f"[sweep {self.sweep}] warning: could not read the results of trial {trial_id} "
+                      f"({type(e).__name__}: {e}); logged at the end", flush=True)
+                networks = []
+                with self._lock:
+                    self.waiting -= len(packed)
             for d, r in zip(packed, networks):
                 c = TrialConfig.from_dict(d)
                 try:
@@ -129,10 +138,18 @@ class MlflowLogger(tune.Callback):
                       f"{self.waiting} waiting", flush=True)
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        if "networks" in result:
+        if is_final(result):
             with self._lock:
                 self.waiting += len(trial.config["pack"])
-            self._queue.put((trial.trial_id, trial.config["pack"], networks_of(result)))
+            if "networks" in result:                # a sweep started before results moved to the checkpoint
+                self._queue.put((trial.trial_id, trial.config["pack"], result, None))
+            else:                                   # its checkpoint comes next (on_checkpoint)
+                self._final[trial.trial_id] = result
+
+    def on_checkpoint(self, iteration, trials, trial, checkpoint, **info):
+        result = self._final.pop(trial.trial_id, None)
+        if result is not None:                      # the final report's checkpoint: every network's result
+            self._queue.put((trial.trial_id, trial.config["pack"], result, checkpoint))
 
     def on_experiment_end(self, trials, **info):
         if self._thread is not None:

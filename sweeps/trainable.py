@@ -6,9 +6,11 @@
 
 A trial's config is {"pack": [asdict(TrialConfig), ...]}. Both trainables report progress with a Tune
 checkpoint after every step of the pack (CPU: each network; stacked GPU: each phase) and end with one
-report holding every network's result as data: `{"networks": [result, ...], ...}`. A retried trial (its
-node lost, `--max-failures`) or a resumed sweep starts from the checkpoint and trains only what was not
-finished.
+report `{"final": True, ...}` whose checkpoint holds every network's result as data (networks.json;
+`pack_results` reads it). The results travel in the checkpoint, not in the reported metrics, so that
+Tune's experiment state (every trial's last result, rewritten as trials finish) stays small at 23,000
+networks. A retried trial (its node lost, `--max-failures`) or a resumed sweep starts from the
+checkpoint and trains only what was not finished.
 
 Device and stack size are resolved here, on the worker, from the resources Ray gave the trial
 (`worker_setup`): a sweep driven from a GPU-less head stacks networks on its GPU workers.
@@ -33,11 +35,21 @@ CHECKPOINT_PHASE1 = "phase1.pt"         # and the phase-1 states its unfinished 
 HEADLINE = ("auc", "accuracy", "accuracy_thresholded")   # the means a trial reports (Tune's own tables)
 
 
-def networks_of(result: dict) -> list[dict]:
-    """The network results of a trial's final report: data (a list); a JSON string in sweeps started
-    before results travelled as data (their Tune state still holds one)."""
-    n = result["networks"]
-    return json.loads(n) if isinstance(n, str) else n
+def is_final(result: dict) -> bool:
+    """A pack's last report: its checkpoint holds every network's result (or, in sweeps started before
+    results travelled in the checkpoint, the report itself holds them as a JSON string under "networks")."""
+    return bool(result.get("final")) or "networks" in result
+
+
+def pack_results(result: dict, checkpoint) -> list[dict]:
+    """Every network's result, in pack order, from a pack's final report and its checkpoint."""
+    if "networks" in result:                       # a sweep started before (its Tune state still holds them)
+        n = result["networks"]
+        return json.loads(n) if isinstance(n, str) else n
+    with checkpoint.as_directory() as d:
+        saved = json.loads((Path(d) / CHECKPOINT_RESULTS).read_text())
+    done = saved["done"]
+    return [done[str(i)] for i in range(len(saved["pack"]))]
 
 
 def worker_setup(configs: list[TrialConfig]) -> dict:
@@ -112,8 +124,7 @@ def _run_pack(config: dict, runner) -> None:
 
     results = runner(configs, done=done, phase1=phase1, on_progress=on_progress,
                      stack=setup["device"].startswith("cuda"), max_stack=setup["stack"])
-    report({"networks": results,
-            **{f"{k}_mean": statistics.fmean(r[k] for r in results) for k in HEADLINE}}, last_step)
+    report({"final": True, **{f"{k}_mean": statistics.fmean(r[k] for r in results) for k in HEADLINE}}, last_step)
 
 
 def train_pack(config: dict) -> None:

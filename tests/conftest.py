@@ -17,7 +17,8 @@ def shared_data() -> Path:
 
 
 def final_reports(sweep_dir: Path) -> dict[str, int]:
-    """Final reports (a pack's results) per trial folder of a sweep: Tune appends one line to result.json per
-    `tune.report`; a pack also reports its progress (with a checkpoint) after each finished network."""
-    return {p.parent.name: sum("networks" in json.loads(ln) for ln in p.read_text().splitlines() if ln.strip())
+    """Final reports (a pack's results, in its checkpoint) per trial folder of a sweep: Tune appends one line to
+    result.json per `tune.report`; a pack also reports its progress (with a checkpoint) after each finished
+    network."""
+    return {p.parent.name: sum(json.loads(ln).get("final", False) for ln in p.read_text().splitlines() if ln.strip())
             for p in Path(sweep_dir).glob("train_pack_*/result.json")}

@@ -127,6 +127,18 @@ def result_rows(sweep_dir: Path) -> list[dict]:
     return rows
 
 
+def final_networks(sweep_dir: Path) -> list[dict]:
+    """The network results of the (one) pack's final report, from the checkpoint it came with."""
+    from ray import tune
+
+    from sweeps.trainable import pack_results
+    for path in sorted(sweep_dir.glob("*/result.json")):
+        for row in (json.loads(ln) for ln in path.read_text().splitlines() if ln.strip()):
+            if row.get("final"):
+                return pack_results(row, tune.Checkpoint.from_directory(path.parent / row["checkpoint_dir_name"]))
+    raise AssertionError(f"no final report in {sweep_dir}")
+
+
 # --------------------------------------------------------------------------- a) a node killed mid-pack
 
 def test_pack_resumes_from_its_last_finished_network_after_its_node_is_killed(cluster, store, old_head_server,
@@ -167,10 +179,10 @@ def test_pack_resumes_from_its_last_finished_network_after_its_node_is_killed(cl
     assert "surrounding whitespace removed" in err
 
     rows = result_rows(sweep_dir)
-    trained = collections.Counter(i for r in rows for i in json.loads(r.get("trained_now", "[]")))
+    trained = collections.Counter(i for r in rows for i in r.get("trained_now", []))
     resumed = max(r.get("resumed_from", 0) for r in rows)
     trials = tune.ExperimentAnalysis(str(sweep_dir)).trials
-    final = json.loads(next(r for r in rows if "networks" in r)["networks"])
+    final = final_networks(sweep_dir)
     nodes = [r["node_id"] for r in final]
     print(f"\n[node kill mid-pack] {time.monotonic() - t0:.0f}s; killed after {seen['done_at_kill']} networks; "
           f"trained per network {dict(sorted(trained.items()))}; retried attempt started with {resumed}; "
