@@ -153,7 +153,7 @@ def train_pack(config: dict) -> None:
 
     def on_progress(finished: dict[int, dict], states: dict[str, dict]) -> None:
         for i, r in finished.items():
-            r["node_id"] = node                      # which cluster node trained it (an MLflow tag)
+            r.node_id = node                         # which cluster node trained it (an MLflow tag)
             done[i] = r
         phase1.update(states)
         needed = {phase1_key(c) for i, c in enumerate(configs) if i not in done and method_spec(c.method).two_phase}
@@ -165,7 +165,7 @@ def train_pack(config: dict) -> None:
 
     results = run_trials(configs, done=done, phase1=phase1, on_progress=on_progress)
     report({
-        "networks": dumps(results),
+        "networks": dumps([r.to_dict() for r in results]),
         **{f"{k}_mean": statistics.fmean(r[k] for r in results) for k in ("auc", "accuracy", "accuracy_thresholded")},
     }, last_step)
 

@@ -39,9 +39,9 @@ import mlflow  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 
 from imbalance_core import methods as M  # noqa: E402
-from imbalance_core.metrics import BEST_POSTHOC  # noqa: E402
+from imbalance_core.result import ACCURACY, ACCURACY_THRESHOLDED, AUC, HEADLINE  # noqa: E402
 
-METRICS = ("auc", "accuracy", "accuracy_thresholded", BEST_POSTHOC)
+METRICS = HEADLINE          # the per-network metrics summarised (imbalance_core/result.py)
 KEY_FIELDS = ("dataset", "imbalance", "rho", "mu", "method", "level", "lr")
 
 
@@ -101,7 +101,7 @@ def load_runs(tracking_uri: str, sweep_name: str) -> tuple[str, list[dict]]:
     for row in df.to_dict("records"):
         p = lambda k: row.get(f"params.{k}")  # noqa: E731
         metrics = {m: _num(row.get(f"metrics.{m}")) for m in METRICS}
-        if metrics["auc"] is None and metrics["accuracy"] is None:
+        if metrics[AUC] is None and metrics[ACCURACY] is None:
             continue                       # finished but with no result metrics: nothing to report
         runs.append({
             "run_id": row["run_id"],
@@ -216,7 +216,7 @@ def write_markdown(sweep: str, tracking_uri: str, n_runs: int, rows: list[dict],
         lines.append("| " + " | ".join([
             r["dataset"], r["imbalance"], _fmt_num(r["rho"]), _fmt_num(r["mu"]), r["method"],
             _fmt_num(r["level"]) or "—", _fmt_num(r["lr"]) or "default", str(r["n"]),
-            _pm(r, "auc"), _pm(r, "accuracy"), _pm(r, "accuracy_thresholded"), _pm(r, BEST_POSTHOC)]) + " |")
+            *(_pm(r, m) for m in METRICS)]) + " |")
     lines += ["", "## Figures", ""]
     lines += [f"- [{p.name}]({p.name})" for p in figures] or ["- (none)"]
     if skipped:
@@ -285,7 +285,7 @@ def fig_auc_vs_rho(dataset: str, rows: list[dict], out: Path) -> Path | str:
     colors = _colors({r["method"] for r in rows})
     fig, axes = _grid(len(panels))
     for ax, (title, pr) in zip(axes, panels):
-        _lines_vs_rho(ax, pr, colors, "auc")
+        _lines_vs_rho(ax, pr, colors, AUC)
         ax.set_title(f"{dataset}: {title}")
         ax.set_ylabel("ROC AUC (x100)")
     axes[0].legend(fontsize=7)
@@ -305,8 +305,8 @@ def fig_accuracy_vs_rho(dataset: str, rows: list[dict], out: Path) -> Path | str
     colors = _colors({r["method"] for r in rows})
     fig, axes = _grid(len(panels))
     for ax, (title, pr) in zip(axes, panels):
-        _lines_vs_rho(ax, pr, colors, "accuracy", "-", band=False)
-        _lines_vs_rho(ax, pr, colors, "accuracy_thresholded", "--", band=False, label_suffix=" +thr")
+        _lines_vs_rho(ax, pr, colors, ACCURACY, "-", band=False)
+        _lines_vs_rho(ax, pr, colors, ACCURACY_THRESHOLDED, "--", band=False, label_suffix=" +thr")
         ax.set_title(f"{dataset}: {title}")
         ax.set_ylabel("accuracy (%)")
     axes[0].legend(fontsize=6, ncol=2)
