@@ -6,7 +6,7 @@
 Thresholding rescales each class's column by a constant, so the per-class (ranking) AUC is unchanged.
 
 Post-hoc corrections of every network (no retraining; STUDY.md, "Beyond the paper"), each an accuracy and a
-per-class recall (names from `posthoc_name`):
+per-class recall (names from `posthoc_name`; every name is defined in result.py):
   accuracy_posthoc_la_tau{T}       logit adjustment: argmax_c log p_c - T log pi_c, T in LA_TAUS. At T = 1
                                    this is exactly accuracy_thresholded (argmax p_c / pi_c).
   accuracy_posthoc_taunorm{T}      tau-normalised classifier (Kang et al. 2020): logits f . w_c / ||w_c||^T
@@ -21,6 +21,9 @@ from __future__ import annotations
 import numpy as np
 from sklearn.metrics import confusion_matrix, roc_auc_score
 
+from .result import (ACCURACY, ACCURACY_THRESHOLDED, AUC, BEST_POSTHOC, LA_TAUS, POSTHOC_PREFIX, RECALL,
+                     RECALL_THRESHOLDED, TAU_NORM_TAUS, posthoc_name)
+
 
 def threshold(scores: np.ndarray, priors: np.ndarray) -> np.ndarray:
     """Scores divided by the class priors p(i) = |i| / sum_k |k| (zero priors are not allowed)."""
@@ -34,18 +37,6 @@ def macro_auc(y: np.ndarray, scores: np.ndarray) -> float:
     """Mean over classes of the one-vs-rest ROC AUC, x100."""
     aucs = [roc_auc_score(y == c, scores[:, c]) for c in range(scores.shape[1])]
     return 100.0 * float(np.mean(aucs))
-
-
-LA_TAUS = (0.5, 1.0, 1.5, 2.0)
-TAU_NORM_TAUS = (0.25, 0.5, 1.0)
-BEST_POSTHOC = "accuracy_posthoc_best"
-
-
-def posthoc_name(kind: str, tau: float, metric: str = "accuracy") -> str:
-    """The metric name of a post-hoc correction: kind 'la' (logit adjustment) or 'taunorm'."""
-    if kind not in ("la", "taunorm"):
-        raise ValueError(f"post-hoc kind {kind!r} is unknown; choose la or taunorm")
-    return f"{metric}_posthoc_{kind}{'_tau' if kind == 'la' else ''}{tau:g}"
 
 
 def _acc_recall(y: np.ndarray, pred: np.ndarray, C: int) -> tuple[float, list[float]]:
@@ -74,12 +65,12 @@ def posthoc(y: np.ndarray, scores: np.ndarray, priors: np.ndarray, features=None
     plain = 100.0 * float((np.asarray(scores).argmax(1) == y).mean())
     for tau in LA_TAUS:
         acc, rec = _acc_recall(y, logit_adjusted(scores, priors, tau), C)
-        out[posthoc_name("la", tau)], out[posthoc_name("la", tau, "recall")] = acc, rec
+        out[posthoc_name("la", tau)], out[posthoc_name("la", tau, RECALL)] = acc, rec
     if features is not None and weight is not None:
         for tau in TAU_NORM_TAUS:
             acc, rec = _acc_recall(y, tau_normalised(features, weight, tau), C)
-            out[posthoc_name("taunorm", tau)], out[posthoc_name("taunorm", tau, "recall")] = acc, rec
-    out[BEST_POSTHOC] = max([plain] + [v for k, v in out.items() if k.startswith("accuracy_posthoc_")])
+            out[posthoc_name("taunorm", tau)], out[posthoc_name("taunorm", tau, RECALL)] = acc, rec
+    out[BEST_POSTHOC] = max([plain] + [v for k, v in out.items() if k.startswith(POSTHOC_PREFIX)])
     return out
 
 
@@ -94,11 +85,11 @@ def evaluate(y: np.ndarray, scores: np.ndarray, priors: np.ndarray) -> dict:
     cm_t = confusion_matrix(y, pred_t, labels=np.arange(C))
     support = np.maximum(cm.sum(1), 1)
     return {
-        "auc": macro_auc(y, scores),
-        "accuracy": 100.0 * float((pred == y).mean()),
-        "accuracy_thresholded": 100.0 * float((pred_t == y).mean()),
-        "recall": (100.0 * np.diag(cm) / support).tolist(),
-        "recall_thresholded": (100.0 * np.diag(cm_t) / support).tolist(),
+        AUC: macro_auc(y, scores),
+        ACCURACY: 100.0 * float((pred == y).mean()),
+        ACCURACY_THRESHOLDED: 100.0 * float((pred_t == y).mean()),
+        RECALL: (100.0 * np.diag(cm) / support).tolist(),
+        RECALL_THRESHOLDED: (100.0 * np.diag(cm_t) / support).tolist(),
         "confusion_matrix": cm.tolist(),
         "confusion_matrix_thresholded": cm_t.tolist(),
     }

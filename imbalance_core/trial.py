@@ -1,4 +1,4 @@
-"""One trial of the study: a config in, a dict of metrics out. Also the one-trial CLI.
+"""One trial of the study: a config in, a `NetworkResult` (imbalance_core/result.py) out. Also the one-trial CLI.
 
     python -m imbalance_core.trial --dataset mnist --data-dir DIR --imbalance step --rho 100 --mu 0.5 \
         --method ros --seed 0 [--iterations N] [--device cpu|cuda]
@@ -6,6 +6,11 @@
 `run_trials(configs)` trains several networks of one shape at once (a "pack": the seeds or methods
 of a grid cell); `run_trial(config)` is the pack of one. A two-phase network in a pack shares its
 first phase with the plain ROS/RUS network of the same subset and seed when both are asked for.
+
+A pack runs linearly: `plan_pack` says which phase-1 networks it trains (by `phase1_key`) and which
+phase 2s; for each training group `fit` trains, `score` scores the test set, and each network whose
+result is final becomes a `NetworkResult`. Phase 2 of LeNet-5 on in-memory arrays trains its heads on
+cached features instead (`frozen.finetune_heads`, where that is exact).
 """
 from __future__ import annotations
 
@@ -30,6 +35,7 @@ from .loaders import BACKENDS, InMemoryDataset, TensorLoader, TorchLoader, eval_
 from . import losses as L
 from . import methods as M
 from .metrics import evaluate, posthoc
+from .result import BEST_POSTHOC, NetworkResult
 from . import specs as S
 from .models import MODELS, build_model, reinit_last
 from .preprocess import ImageFiles, array_data, imagenet_transforms
@@ -181,42 +187,93 @@ def _check_pack(configs: list[TrialConfig]) -> None:
             raise ValueError(f"a pack must share {name}; got {sorted(map(str, values))}")
 
 
+def phase1_key(config: TrialConfig) -> str:
+    """The phase-1 network a config trains first, shared by the methods whose networks are identical through
+    phase 1 (`ros` and `two-phase-ros`, `baseline` and `crt` of one subset and seed: methods.phase1_key); a
+    string, so that a caller can store that network's state under it (see run_trials)."""
+    p, params, head = M.phase1_key(M.get(config.method))
+    return json.dumps([config.imbalance, config.rho, config.mu, config.seed, config.level,
+                       dataclasses.asdict(p), [list(kv) for kv in params], head])
+
+
+@dataclass(frozen=True)
+class PackPlan:
+    """What a pack trains, from its configs alone: each distinct phase-1 network once (ROS and two-phase ROS,
+    baseline and cRT of one subset and seed share it), then the phase 2 of each two-phase network."""
+    phase1: dict[str, list[int]]         # phase1_key -> the networks that start from it, in pack order
+    phase2: dict[M.Phase, list[int]]     # a kind of phase 2 -> the two-phase networks that run it
+
+    @property
+    def two_phase(self) -> set[int]:
+        return {i for members in self.phase2.values() for i in members}
+
+    @property
+    def trainings(self) -> int:
+        """Training runs of the plan (each of `iterations` steps)."""
+        return len(self.phase1) + sum(map(len, self.phase2.values()))
+
+
+def plan_pack(configs: list[TrialConfig], todo=None) -> PackPlan:
+    """The plan of the networks `todo` (indices into `configs`; default all) of a pack."""
+    todo = range(len(configs)) if todo is None else todo
+    phase1: dict[str, list[int]] = {}
+    phase2: dict[M.Phase, list[int]] = {}
+    for i in todo:
+        phase1.setdefault(phase1_key(configs[i]), []).append(i)
+    for i in todo:
+        spec = M.get(configs[i].method)
+        if spec.two_phase:
+            phase2.setdefault(spec.phases[1], []).append(i)
+    return PackPlan(phase1, phase2)
+
+
+@dataclass(frozen=True)
+class Pack:
+    """What the networks of a pack share: the data, the schedule, the device and how they train together."""
+    ds: object
+    train_data: object                   # loaders.ArrayData, or None for a dataset decoded from files
+    test_data: object
+    backend: str
+    schedule: Schedule
+    device: torch.device
+    stack: int                           # networks trained at once, vmap-stacked (1: one after another)
+
+    def groups(self, n: int) -> list[list[int]]:
+        """The training groups of n networks: consecutive groups of <= stack."""
+        return _groups(n, self.stack)
+
+
 def _groups(n: int, stack: int) -> list[list[int]]:
     """Indices 0..n-1 in consecutive groups of <= stack networks trained at once (stack 1: one by one)."""
     return [list(range(i, min(n, i + stack))) for i in range(0, n, max(1, stack))]
 
 
-def _train_phase(c0, ds, train_data, test_data, backend, schedule, device, stack, models, plans,
-                 lr_scale=1.0, only_last=False, log=None, keep_features=(), losses=None, windows=None):
-    """Train `models` on `plans` (stacked in one vmap, or one after another), then score the test set.
+def fit(pack: Pack, models: list[torch.nn.Module], plans: list[SamplingPlan], *, lr_scale: float = 1.0,
+        only_last: bool = False, losses=None, log=None) -> tuple[StackedNets, list[TrainStats], tuple]:
+    """Train `models` on their `plans` as one group (vmap-stacked when more than one) for the pack's schedule.
 
     losses: one loss function per model (None: cross-entropy for all).
-    Returns (state dicts, test scores (K, N, C), per-network TrainStats with that network's share of time,
-    test-set features of the networks in `keep_features` (scored through features + head; one pass)).
-    `windows`, a dict, gets each network's wall-clock (start, end) of its training loop (time.time() s).
+    Returns the trained networks, each network's TrainStats (its share of the group's time) and the
+    wall-clock (start, end) of the training loop (time.time() s).
     """
-    groups = _groups(len(models), stack)
-    states, scores, stats = [None] * len(models), [None] * len(models), [None] * len(models)
-    kept = {}
-    for g in groups:
-        nets = StackedNets([models[k] for k in g], device, channels_last=(len(g) == 1 and device.type == "cpu"))
-        loader = _loader(backend, ds, train_data, [plans[k] for k in g], schedule, device, schedule.iterations)
-        st = train(nets, loader, schedule, lr_scale=lr_scale, only_last=only_last,
-                   log_every=max(1, schedule.iterations // 10) if log else 0, log=log or print,
-                   losses=None if losses is None else [losses[k] for k in g])
-        w1 = time.time()                          # the timed training loop ran [w1 - st.seconds, w1]
-        if len(g) == 1 and g[0] in keep_features:
-            kept[g[0]] = f = frozen.features(nets.module, test_data.to(device))
-            with torch.no_grad():
-                sc = torch.softmax(nets.module.head()(f), dim=-1).unsqueeze(0).cpu().numpy()
-        else:
-            sc = predict(nets, _test_batches(ds, test_data, device, backend)).numpy()
-        for j, (k, sd) in enumerate(zip(g, nets.state_dicts())):
-            states[k], scores[k] = sd, sc[j]
-            stats[k] = TrainStats(st.iterations, st.images // len(g), st.seconds / len(g), [st.final_loss[j]])
-            if windows is not None:
-                windows[k] = (w1 - st.seconds, w1)
-    return states, np.stack(scores), stats, kept
+    K, s = len(models), pack.schedule
+    nets = StackedNets(models, pack.device, channels_last=(K == 1 and pack.device.type == "cpu"))
+    loader = _loader(pack.backend, pack.ds, pack.train_data, plans, s, pack.device, s.iterations)
+    st = train(nets, loader, s, lr_scale=lr_scale, only_last=only_last,
+               log_every=max(1, s.iterations // 10) if log else 0, log=log or print, losses=losses)
+    end = time.time()                              # the timed training loop ran [end - st.seconds, end]
+    stats = [TrainStats(st.iterations, st.images // K, st.seconds / K, [st.final_loss[j]]) for j in range(K)]
+    return nets, stats, (end - st.seconds, end)
+
+
+def score(pack: Pack, nets: StackedNets, keep_features: bool = False) -> tuple[np.ndarray, torch.Tensor | None]:
+    """Test-set softmax scores (K, N, C) of trained networks. keep_features (one network with `features`, the
+    test set in memory): scored through its test-set features and head in one pass, and those features kept."""
+    if keep_features:
+        f = frozen.features(nets.module, pack.test_data.to(pack.device))
+        with torch.no_grad():
+            return torch.softmax(nets.module.head()(f), dim=-1).unsqueeze(0).cpu().numpy(), f
+    return predict(nets, _test_batches(pack.ds, pack.test_data, pack.device, pack.backend)).numpy(), None
 
 
 def _tau_norm_inputs(model_name, num_classes, spec, state, features, test_data, device):
@@ -233,26 +290,18 @@ def _tau_norm_inputs(model_name, num_classes, spec, state, features, test_data, 
     return features.cpu().numpy(), state[f"{head}.weight"].numpy()
 
 
-def phase1_key(config: TrialConfig) -> str:
-    """The phase-1 network a config trains first, shared by the methods whose networks are identical through
-    phase 1 (`ros` and `two-phase-ros`, `baseline` and `crt` of one subset and seed: methods.phase1_key); a
-    string, so that a caller can store that network's state under it (see run_trials)."""
-    p, params, head = M.phase1_key(M.get(config.method))
-    return json.dumps([config.imbalance, config.rho, config.mu, config.seed, config.level,
-                       dataclasses.asdict(p), [list(kv) for kv in params], head])
-
-
 def run_trials(configs: list[TrialConfig], log=None, stack: bool | None = None,
-               cache_features: bool = True, *, done: dict[int, dict] | None = None,
+               cache_features: bool = True, *, done: dict[int, NetworkResult | dict] | None = None,
                phase1: dict[str, dict] | None = None, on_progress=None,
-               max_stack: int | None = None) -> list[dict]:
-    """Train and evaluate every config of a pack (same dataset and schedule); one result dict each.
+               max_stack: int | None = None) -> list[NetworkResult]:
+    """Train and evaluate every config of a pack (same dataset and schedule); one NetworkResult each.
 
     stack: train the pack's networks as one vmap-stacked model (default on CUDA, where it pays) or one
     after another (default on CPU, where stacking measured no faster; the pack still shares one process,
     one dataset load and one set of test batches).
-    max_stack: at most this many networks stacked at once (default: as many as this device's memory
-    holds, packing.auto_pack_size; the pack is trained in groups of that size).
+    max_stack: when stacking, at most this many networks at once (default: on CUDA as many as this
+    device's memory holds, packing.auto_pack_size, decided here on the machine that trains them; on CPU
+    the whole pack); the pack trains in groups of that size.
     cache_features: run phase 2 of two-phase methods on cached features where that is exact
     (imbalance_core/frozen.py; LeNet-5 on in-memory arrays); False fine-tunes the whole network.
 
@@ -262,7 +311,7 @@ def run_trials(configs: list[TrialConfig], log=None, stack: bool | None = None,
         whose result became final in that step (the results returned at the end); `phase1_states` =
         {phase1_key: {"state_dict": ..., "stats": {...}, "window": [start, end]}} of the phase-1 networks
         trained in that step that a two-phase network of the pack still needs (CPU tensors, plain values).
-    done: {i: result} of networks already finished: not trained again, returned as given.
+    done: {i: result} of networks already finished (NetworkResults or their dicts): not trained again.
     phase1: {phase1_key: state} as on_progress gave them: those phase-1 networks are not trained again.
     """
     configs = [c if isinstance(c, TrialConfig) else TrialConfig.from_dict(c) for c in configs]
@@ -271,7 +320,7 @@ def run_trials(configs: list[TrialConfig], log=None, stack: bool | None = None,
     for c in configs:
         validate(c)
     _check_pack(configs)
-    done = {int(i): r for i, r in (done or {}).items()}
+    done = {int(i): NetworkResult.from_dict(r) for i, r in (done or {}).items()}
     bad = sorted(set(done) - set(range(len(configs))))
     if bad:
         raise ValueError(f"done= names networks {bad} that are not in the pack (0..{len(configs) - 1})")
@@ -282,29 +331,32 @@ def run_trials(configs: list[TrialConfig], log=None, stack: bool | None = None,
     c0 = configs[0]
     device, backend, schedule = resolve_device(c0.device), resolve_loader(c0), c0.schedule
     ds, train_data, test_data = load_prepared(c0.dataset, c0.data_dir)
+    stack = device.type == "cuda" if stack is None else stack
+    if stack:
+        stack = max_stack or (packing.auto_pack_size(c0.model, schedule.batch_size, device)
+                              if device.type == "cuda" else len(configs))
+    pack = Pack(ds, train_data, test_data, backend, schedule, device, int(stack) or 1)
     labels = np.asarray(ds.train_y)
     specs = {i: M.get(configs[i].method) for i in todo}
     subsets = {i: make_subset(labels, configs[i].dataset, configs[i].imbalance, configs[i].n, configs[i].rho,
                               configs[i].mu, configs[i].seed) for i in todo}
     y_test = np.asarray(ds.test_y if test_data is None else test_data.y.numpy())
     t_start = time.perf_counter()
-
-    stack = device.type == "cuda" if stack is None else stack
-    # networks trained at once: decided here, on the machine that trains them (its device's memory)
-    if stack:
-        stack = max_stack or (packing.auto_pack_size(c0.model, schedule.batch_size, device)
-                              if device.type == "cuda" else len(configs))
-    else:
-        stack = 1
+    plan = plan_pack(configs, todo)
+    two = plan.two_phase
     cached_phase2 = cache_features and frozen.can_cache(MODELS[c0.model], backend)
-    phase = functools.partial(_train_phase, c0, ds, train_data, test_data, backend, schedule, device, stack)
-    build = functools.partial(build_model, c0.model, ds.num_classes)
-    scores: dict[int, np.ndarray] = {}
-    stats: dict[int, list[TrainStats]] = {}
-    windows: dict[int, tuple[float, float]] = {}       # wall-clock (start, end) of each network's training
-    final_state: dict[int, dict] = {}
-    features: dict[int, torch.Tensor | None] = {}      # test-set features, where phase 1 computed them
-    results: dict[int, dict] = dict(done)
+
+    def build(i: int) -> torch.nn.Module:
+        return build_model(c0.model, ds.num_classes, seed=configs[i].seed, head=specs[i].head)
+
+    def sampling(i: int, phase: int) -> SamplingPlan:
+        if phase == 1:
+            return SamplingPlan(subsets[i], labels, sampler=specs[i].phases[0].sampler, level=configs[i].level,
+                                seed=configs[i].seed, stream_id=1)
+        return SamplingPlan(subsets[i], labels, sampler=specs[i].phases[1].sampler, seed=configs[i].seed,
+                            stream_id=2)
+
+    results: dict[int, NetworkResult] = dict(done)
     step: tuple[dict, dict] = ({}, {})        # finished networks and phase-1 states since the last on_progress
 
     def progress() -> None:
@@ -313,117 +365,88 @@ def run_trials(configs: list[TrialConfig], log=None, stack: bool | None = None,
         step[0].clear()
         step[1].clear()
 
-    def finish(i: int) -> None:
-        c, sub, spec, st = configs[i], subsets[i], specs[i], stats[i]
+    def finish(i: int, scores: np.ndarray, stats: list[TrainStats], window: tuple, state: dict,
+               features: torch.Tensor | None) -> None:
+        """Score network i on the test set (its scores, the states and stats of its phases) as its result."""
+        c, sub, spec = configs[i], subsets[i], specs[i]
         sampled = SamplingPlan(sub, labels, sampler=spec.phases[0].sampler, level=c.level).counts
-        m = evaluate(y_test, scores[i], sub.priors)
-        f, w = _tau_norm_inputs(c0.model, ds.num_classes, spec, final_state[i], features.get(i), test_data, device)
-        m.update(posthoc(y_test, scores[i], sub.priors, f, w))
-        m.update({
-            "train_examples": int(len(sub.indices)),
+        f, w = _tau_norm_inputs(c0.model, ds.num_classes, spec, state, features, test_data, device)
+        post = posthoc(y_test, scores, sub.priors, f, w)
+        best = post.pop(BEST_POSTHOC)
+        results[i] = step[0][i] = NetworkResult(
+            **evaluate(y_test, scores, sub.priors), posthoc=post, accuracy_posthoc_best=best,
+            train_examples=int(len(sub.indices)),
             # the training subset's identity: sha256 of its indices into the training set (int64 LE)
-            "subset_digest": hashlib.sha256(np.asarray(sub.indices, dtype="<i8").tobytes()).hexdigest(),
-            "class_counts": list(sub.counts),
-            "sampled_counts": sampled,
-            "epoch_examples": int(sum(sampled)),
-            "iterations": st[0].iterations,
-            "finetune_iterations": st[1].iterations if len(st) > 1 else 0,
-            "finetune_on": ("cached features" if cached_phase2 and spec.phases[-1].only_last else "whole network")
-            if len(st) > 1 else "",
-            "batch_size": schedule.batch_size,
-            "base_lr": schedule.base_lr,
-            "train_seconds": sum(x.seconds for x in st),      # this network's share of the pack's time
-            "started_at": windows[i][0],      # wall clock (time.time()) when its training began
-            "ended_at": windows[i][1],        # ... and ended (two-phase: the end of its phase 2)
-            "images_per_second": st[0].images_per_second,
-            "final_loss": st[-1].final_loss[0],
-            "pack_size": len(configs),
-            "pack_seconds": time.perf_counter() - t_start,   # from the pack's start to this network's end
-            "device": str(device),
-            "loader": backend,
-            "model": c0.model,
-            "test_examples": int(len(y_test)),
-        })
-        results[i] = m
-        step[0][i] = m
+            subset_digest=hashlib.sha256(np.asarray(sub.indices, dtype="<i8").tobytes()).hexdigest(),
+            class_counts=list(sub.counts), sampled_counts=sampled, epoch_examples=int(sum(sampled)),
+            iterations=stats[0].iterations, finetune_iterations=stats[1].iterations if len(stats) > 1 else 0,
+            finetune_on=("cached features" if cached_phase2 and spec.phases[-1].only_last else "whole network")
+            if len(stats) > 1 else "",
+            batch_size=schedule.batch_size, base_lr=schedule.base_lr,
+            train_seconds=sum(x.seconds for x in stats),       # this network's share of the pack's time
+            started_at=window[0], ended_at=window[1],          # its training loop (two-phase: to phase 2's end)
+            images_per_second=stats[0].images_per_second, final_loss=stats[-1].final_loss[0],
+            pack_size=len(configs), pack_seconds=time.perf_counter() - t_start,   # the pack's start to this end
+            device=str(device), loader=backend, model=c0.model, test_examples=int(len(y_test)))
 
-    # Phase 1: every distinct network once (ROS and two-phase ROS, baseline and cRT share it); one that only
-    # two-phase networks still need and whose state is given (`phase1`) is not trained again.
-    groups: dict[str, list[int]] = {}
-    for i in todo:
-        groups.setdefault(phase1_key(configs[i]), []).append(i)
-    two = [i for i in todo if specs[i].two_phase]
-    given = {k for k, members in groups.items() if k in phase1 and all(i in two for i in members)}
-    keys = [k for k in groups if k not in given]
-    rep = {k: groups[k][0] for k in groups}            # a representative network of each phase-1 network
+    # Phase 1: every distinct network once; one that only two-phase networks still need and whose state is
+    # given (`phase1`) is not trained again.
+    given = {k for k, members in plan.phase1.items() if k in phase1 and all(i in two for i in members)}
+    keys = [k for k in plan.phase1 if k not in given]
     states1: dict[str, dict] = {k: phase1[k]["state_dict"] for k in given}
     stats1: dict[str, TrainStats] = {k: TrainStats(**phase1[k]["stats"]) for k in given}
     windows1: dict[str, tuple] = {k: tuple(phase1[k].get("window", (math.nan, math.nan))) for k in given}
-    features1: dict[str, torch.Tensor] = {}
-    models = [build(seed=configs[rep[k]].seed, head=specs[rep[k]].head) for k in keys]
-    plans = [SamplingPlan(subsets[rep[k]], labels, sampler=specs[rep[k]].phases[0].sampler,
-                          level=configs[rep[k]].level, seed=configs[rep[k]].seed, stream_id=1) for k in keys]
-    losses = [L.build(specs[rep[k]].phases[0].loss, subsets[rep[k]].counts, schedule.iterations,
-                      specs[rep[k]].param_dict, device) for k in keys]
-    keep = {j for j, k in enumerate(keys) if any(i in two for i in groups[k])} if cached_phase2 else set()
-    for g in _groups(len(keys), stack):
-        w: dict[int, tuple] = {}
-        st1, te1, sts1, f1 = phase([models[j] for j in g], [plans[j] for j in g], log=log,
-                                   keep_features={n for n, j in enumerate(g) if j in keep},
-                                   losses=[losses[j] for j in g], windows=w)
-        for n, j in enumerate(g):
-            k = keys[j]
-            states1[k], stats1[k], windows1[k] = st1[n], sts1[n], w[n]
-            if n in f1:
-                features1[k] = f1[n]
-            if any(i in two for i in groups[k]):
-                step[1][k] = {"state_dict": st1[n], "stats": dataclasses.asdict(sts1[n]), "window": list(w[n])}
-            for i in groups[k]:
-                scores[i], stats[i], windows[i] = te1[n], [sts1[n]], w[n]
-                final_state[i], features[i] = st1[n], f1.get(n)
+    features1: dict[str, torch.Tensor] = {}            # test-set features, kept for phase 2 on cached features
+    for g in pack.groups(len(keys)):
+        ks = [keys[j] for j in g]
+        reps = [plan.phase1[k][0] for k in ks]          # a representative network of each phase-1 network
+        keep = cached_phase2 and len(g) == 1 and any(i in two for i in plan.phase1[ks[0]])
+        nets, stats, window = fit(pack, [build(i) for i in reps], [sampling(i, 1) for i in reps], log=log,
+                                  losses=[L.build(specs[i].phases[0].loss, subsets[i].counts, schedule.iterations,
+                                                  specs[i].param_dict, device) for i in reps])
+        scores, feats = score(pack, nets, keep_features=keep)
+        for n, (k, state) in enumerate(zip(ks, nets.state_dicts())):
+            states1[k], stats1[k], windows1[k] = state, stats[n], window
+            if feats is not None:
+                features1[k] = feats
+            if any(i in two for i in plan.phase1[k]):
+                step[1][k] = {"state_dict": state, "stats": dataclasses.asdict(stats[n]), "window": list(window)}
+            for i in plan.phase1[k]:
                 if i not in two:
-                    finish(i)
+                    finish(i, scores[n], [stats[n]], window, state, feats)
         progress()
 
-    # Phase 2 (two-phase methods, cRT): the last layer(s) on a second stream, by kind of phase 2.
-    by_phase: dict[M.Phase, list[int]] = {}
-    for i in two:
-        by_phase.setdefault(specs[i].phases[1], []).append(i)
-    for ph, members in by_phase.items():
-        for part in [[members[j] for j in g] for g in _groups(len(members), stack)]:
+    # Phase 2 (two-phase methods, cRT): the last layer(s) on a second stream, by kind of phase 2; on cached
+    # features where that is exact (frozen.py), else the whole network with only the last layer(s) training.
+    for ph, members in plan.phase2.items():
+        for part in [[members[j] for j in g] for g in pack.groups(len(members))]:
+            ks = [phase1_key(configs[i]) for i in part]
             models = []
-            for i in part:
-                m = build(seed=configs[i].seed, head=specs[i].head)
-                m.load_state_dict(states1[phase1_key(configs[i])])
+            for i, k in zip(part, ks):
+                m = build(i)
+                m.load_state_dict(states1[k])
                 models.append(reinit_last(m, configs[i].seed) if ph.reinit_last else m)
-            plans = [SamplingPlan(subsets[i], labels, sampler=ph.sampler, seed=configs[i].seed, stream_id=2)
-                     for i in part]
-            w2: dict[int, tuple] = {}
+            plans = [sampling(i, 2) for i in part]
             if cached_phase2 and ph.only_last:
                 w0 = time.time()
-                test2, stats2, heads2 = frozen.finetune_heads(
-                    models, plans, train_data, test_data, schedule, device, ph.lr_scale, stack > 1,
-                    test_features=[features1.get(phase1_key(configs[i])) for i in part])
-                w2 = dict.fromkeys(range(len(part)), (w0, time.time()))
+                scores, stats, heads = frozen.finetune_heads(
+                    models, plans, train_data, test_data, schedule, device, ph.lr_scale, pack.stack > 1,
+                    test_features=[features1.get(k) for k in ks])
+                window = (w0, time.time())
                 head = MODELS[c0.model].last_layers[-1]
-                states2 = [{**states1[phase1_key(configs[i])], **{f"{head}.{n}": v for n, v in h.items()}}
-                           for i, h in zip(part, heads2)]
-                feats2 = [features1.get(phase1_key(configs[i])) for i in part]
+                states = [{**states1[k], **{f"{head}.{n}": v for n, v in h.items()}} for k, h in zip(ks, heads)]
+                feats = [features1.get(k) for k in ks]
             else:
-                states2, test2, stats2, _ = phase(models, plans, lr_scale=ph.lr_scale, only_last=ph.only_last,
-                                                  windows=w2)
-                feats2 = [None] * len(part)
-            for j, i in enumerate(part):
-                k = phase1_key(configs[i])
-                scores[i], stats[i] = test2[j], [stats1[k], stats2[j]]
-                windows[i] = (windows1[k][0], w2[j][1])
-                final_state[i], features[i] = states2[j], feats2[j]
-                finish(i)
+                nets, stats, window = fit(pack, models, plans, lr_scale=ph.lr_scale, only_last=ph.only_last)
+                scores, _ = score(pack, nets)
+                states, feats = nets.state_dicts(), [None] * len(part)
+            for j, (i, k) in enumerate(zip(part, ks)):
+                finish(i, scores[j], [stats1[k], stats[j]], (windows1[k][0], window[1]), states[j], feats[j])
             progress()
     return [results[i] for i in range(len(configs))]
 
 
-def run_trial(config: TrialConfig | dict, log=None) -> dict:
+def run_trial(config: TrialConfig | dict, log=None) -> NetworkResult:
     """One network: train on the config's imbalanced subset with its method, evaluate on the balanced test set."""
     return run_trials([config], log=log)[0]
 
@@ -460,7 +483,7 @@ def main(argv=None) -> int:
     except (ValueError, FloatingPointError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    out = {"config": dataclasses.asdict(config), **result}
+    out = {"config": dataclasses.asdict(config), **result.to_dict()}
     print(json.dumps(out))
     return 0
 

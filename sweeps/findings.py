@@ -32,6 +32,7 @@ if __name__ == "__main__":
 
 from scipy.stats import t as student_t
 
+from imbalance_core.result import ACCURACY_THRESHOLDED, AUC
 from sweeps.report import SweepNotFound, _best_lr, aggregate, load_runs
 
 SUPPORTED, NOT, NA = "supported", "not supported", "not checkable here"
@@ -44,7 +45,7 @@ RULE = (f"{CONFIDENCE:.0%} Welch t-interval of the difference of two cells' mean
 
 # ------------------------------------------------------------------------------ comparing two cells
 
-def interval(a: dict, b: dict, metric: str = "auc") -> tuple[float, float] | None:
+def interval(a: dict, b: dict, metric: str = AUC) -> tuple[float, float] | None:
     """The CONFIDENCE Welch t-interval of mean(a) - mean(b), or None when a cell has fewer than 2 runs."""
     ma, mb = a.get(f"{metric}_mean"), b.get(f"{metric}_mean")
     na, nb = a.get("n") or 0, b.get("n") or 0
@@ -59,7 +60,7 @@ def interval(a: dict, b: dict, metric: str = "auc") -> tuple[float, float] | Non
     return (d - h, d + h)
 
 
-def compare(a: dict, b: dict, metric: str = "auc") -> str:
+def compare(a: dict, b: dict, metric: str = AUC) -> str:
     """'>' a better, '<' a worse, '=' a tie (interval within +-TIE_MARGIN), '?' undecided."""
     ci = interval(a, b, metric)
     if ci is None:
@@ -74,7 +75,7 @@ def compare(a: dict, b: dict, metric: str = "auc") -> str:
     return "?"
 
 
-def _ci_text(a: dict, b: dict, metric: str = "auc") -> str:
+def _ci_text(a: dict, b: dict, metric: str = AUC) -> str:
     ci = interval(a, b, metric)
     return "CI n/a (n < 2)" if ci is None else f"CI [{ci[0]:+.2f}, {ci[1]:+.2f}]"
 
@@ -230,7 +231,7 @@ def ros_wins_or_ties(rows):
     for key, m in sorted(_cells(rows).items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][2], kv[0][3] or 0)):
         if "ros" not in m or len(m) < 2:
             continue
-        ok, who = _wins_or_ties(m, "ros", "auc")
+        ok, who = _wins_or_ties(m, "ros", AUC)
         tally.add(ok, *m.values())
         if ok is False:
             lines.append(f"{key[0]} {key[1]} rho {key[2]:g} mu {key[3]:g}: ROS {_fmt(m['ros']['auc_mean'])} beaten by "
@@ -332,10 +333,10 @@ def thresholding(rows):
         if not b:
             continue
         plain = {**b, "accuracy_thresholded_mean": b["accuracy_mean"], "accuracy_thresholded_std": b["accuracy_std"]}
-        c = compare(b, plain, "accuracy_thresholded")
+        c = compare(b, plain, ACCURACY_THRESHOLDED)
         raised.add(True if c == ">" else (None if c == "?" else False), b)
         if "ros" in m:
-            ok, _ = _wins_or_ties(m, "ros", "accuracy_thresholded")
+            ok, _ = _wins_or_ties(m, "ros", ACCURACY_THRESHOLDED)
             ros_best.add(ok, *m.values())
         lines.append(f"{key[0]} {key[1]} rho {key[2]:g} mu {key[3]:g}: baseline accuracy {_fmt(b['accuracy_mean'])} -> "
                      f"{_fmt(b['accuracy_thresholded_mean'])} thresholded ({_ci_text(b, plain, 'accuracy_thresholded')}"

@@ -59,6 +59,7 @@ import time
 import ray
 from ray import tune
 
+from imbalance_core.result import ACCURACY, ACCURACY_THRESHOLDED, AUC
 from imbalance_core.trial import TrialConfig
 
 from .grids import cell_of, describe
@@ -163,9 +164,9 @@ def _results_table(rows: list[tuple[TrialConfig, dict]]) -> str:
         "   auc   accuracy  acc(thr)     n"
     out = [head, "-" * len(head)]
     for (cell, method, lr), rs in groups.items():
-        mean = {k: statistics.fmean(r[k] for r in rs) for k in ("auc", "accuracy", "accuracy_thresholded")}
+        auc, acc, thr = (statistics.fmean(r[k] for r in rs) for k in (AUC, ACCURACY, ACCURACY_THRESHOLDED))
         out.append(f"{cell:{w}s}  {method:18s}" + (f"  {lr:8s}" if with_lr else "") +
-                   f"  {mean['auc']:6.2f}  {mean['accuracy']:8.2f}  {mean['accuracy_thresholded']:8.2f}  {len(rs):4d}")
+                   f"  {auc:6.2f}  {acc:8.2f}  {thr:8.2f}  {len(rs):4d}")
     return "\n".join(out)
 
 

@@ -33,7 +33,7 @@ from imbalance_core.datasets import DATASETS
 from imbalance_core.imbalance import PROFILES
 from imbalance_core import methods as M
 from imbalance_core.train import CIFAR10_BASE_LRS
-from imbalance_core.trial import TrialConfig, validate
+from imbalance_core.trial import TrialConfig, plan_pack, validate
 
 PAPER_METHODS = M.names("paper")              # the five training regimes of the paper
 PARTIAL_METHODS = M.names("partial")
@@ -292,7 +292,5 @@ def pack(configs: list[TrialConfig], pack_size: int, whole_groups: bool = False)
 def training_images(pack_: list[TrialConfig]) -> int:
     """Images a pack trains on (per network: iterations x batch per phase; a pack's two-phase
     networks share phase 1 with the plain ROS/RUS network of the same subset and seed)."""
-    phase1 = {(c.imbalance, c.rho, c.mu, c.seed, c.level, M.phase1_key(M.get(c.method))) for c in pack_}
-    finetune = sum(M.get(c.method).two_phase for c in pack_)
     s = pack_[0].schedule
-    return (len(phase1) + finetune) * s.iterations * s.batch_size
+    return plan_pack(pack_).trainings * s.iterations * s.batch_size

@@ -35,10 +35,10 @@ from statistics import mean, stdev
 import mlflow
 from mlflow.tracking import MlflowClient
 
-from imbalance_core.metrics import BEST_POSTHOC
+from imbalance_core.result import ACCURACY, AUC, HEADLINE
 from sweeps.figures import REPORT_FIGURES, fmt_num, method_rank
 
-METRICS = ("auc", "accuracy", "accuracy_thresholded", BEST_POSTHOC)
+METRICS = HEADLINE          # the per-network metrics summarised (imbalance_core/result.py)
 KEY_FIELDS = ("dataset", "imbalance", "rho", "mu", "method", "level", "lr")
 CSV_COLUMNS = (["dataset", "imbalance", "rho", "mu", "method", "level", "lr", "n"]
                + [f"{m}_{s}" for m in METRICS for s in ("mean", "std", "min", "max")])
@@ -84,7 +84,7 @@ def load_runs(tracking_uri: str, sweep_name: str) -> tuple[str, list[dict]]:
     for row in df.to_dict("records"):
         p = lambda k: row.get(f"params.{k}")  # noqa: E731
         metrics = {m: _num(row.get(f"metrics.{m}")) for m in METRICS}
-        if metrics["auc"] is None and metrics["accuracy"] is None:
+        if metrics[AUC] is None and metrics[ACCURACY] is None:
             continue                       # finished but with no result metrics: nothing to report
         runs.append({
             "run_id": row["run_id"],
@@ -188,7 +188,7 @@ def write_markdown(sweep: str, tracking_uri: str, n_runs: int, rows: list[dict],
         lines.append("| " + " | ".join([
             r["dataset"], r["imbalance"], fmt_num(r["rho"]), fmt_num(r["mu"]), r["method"],
             fmt_num(r["level"]) or "—", fmt_num(r["lr"]) or "default", str(r["n"]),
-            _pm(r, "auc"), _pm(r, "accuracy"), _pm(r, "accuracy_thresholded"), _pm(r, BEST_POSTHOC)]) + " |")
+            *(_pm(r, m) for m in METRICS)]) + " |")
     lines += ["", "## Figures", ""]
     lines += [f"- [{p.name}]({p.name})" for p in figures] or ["- (none)"]
     if skipped:

@@ -25,6 +25,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from imbalance_core.result import NetworkResult, mlflow_metrics
 from imbalance_core.trial import TrialConfig
 
 from .grids import cell_of, describe
@@ -32,8 +33,6 @@ from .figures import confusion_png, recall_png
 
 EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
 REHEARSAL_TAG = "rehearsal"    # experiment and run tag of a sweep that did not train (--rehearse)
-METRICS = ("auc", "accuracy", "accuracy_thresholded", "train_seconds", "images_per_second", "final_loss",
-           "train_examples", "epoch_examples")
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DB_SCHEMES = ("postgresql", "mysql", "mssql")      # SQLAlchemy stores MLflow opens itself (with +driver)
 DATASET_CONTEXT = ("mlflow.data.context", "train")
@@ -236,6 +235,8 @@ def code_version() -> str:
 
 
 def _json_default(o):
+    if isinstance(o, NetworkResult):
+        return o.to_dict()
     if hasattr(o, "item"):
         return o.item()
     if hasattr(o, "tolist"):
@@ -244,7 +245,7 @@ def _json_default(o):
 
 
 def dumps(obj) -> str:
-    """JSON with numpy scalars and arrays as plain numbers and lists."""
+    """JSON with numpy scalars and arrays as plain numbers and lists, a NetworkResult as its dict."""
     return json.dumps(obj, default=_json_default)
 
 
@@ -311,9 +312,12 @@ class Tracker:
         return (f"MLflow UI: .venv/bin/mlflow ui --backend-store-uri {redact(self.uri)} --host 127.0.0.1 --port 5000\n"
                 f"           then open {self.runs_url()}")
 
-    def log_network(self, config: TrialConfig, result: dict, pack_id: str) -> bool:
-        """One MLflow run for one network; False (nothing logged) if its FINISHED run already exists."""
+    def log_network(self, config: TrialConfig, result: NetworkResult | dict, pack_id: str) -> bool:
+        """One MLflow run for one network (its NetworkResult or result dict); False (nothing logged) if its
+        FINISHED run already exists."""
         from mlflow.entities import Metric, Param
+        if isinstance(result, NetworkResult):
+            result = result.to_dict()
         key = trial_key(config, self.sweep)
         stale = []
         for r in self._runs(f"tags.trial_key = '{key}'"):
@@ -328,10 +332,7 @@ class Tracker:
                       batch_size=str(result["batch_size"]))
         tags = {"sweep": self.sweep, "cell": cell_of(config), "trial_key": key, "method": config.method,
                 "pack_id": str(pack_id), "node_id": str(result.get("node_id", "")), **dict(self._rehearsal_tag())}
-        metrics = {k: float(result[k]) for k in METRICS}
-        metrics.update({k: float(v) for k, v in result.items() if k.startswith("accuracy_posthoc_")})
-        for name in ("recall", "recall_thresholded", *(k for k in result if k.startswith("recall_posthoc_"))):
-            metrics.update({f"{name}_{c}": float(v) for c, v in enumerate(result[name])})
+        metrics = mlflow_metrics(result)
 
         # The run's start and end are the network's training (Duration in the UI = training time).
         start_ms = int(result["started_at"] * 1000) if "started_at" in result else None

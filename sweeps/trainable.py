@@ -26,13 +26,13 @@ from pathlib import Path
 import ray
 from ray import tune
 
+from imbalance_core.result import ACCURACY, ACCURACY_THRESHOLDED, AUC, HEADLINE
 from imbalance_core.trial import TrialConfig
 
 from .tracking import dumps
 
 CHECKPOINT_RESULTS = "networks.json"   # a pack's checkpoint: {index: result} of its finished networks
 CHECKPOINT_PHASE1 = "phase1.pt"         # and the phase-1 states its unfinished two-phase networks need
-HEADLINE = ("auc", "accuracy", "accuracy_thresholded")   # the means a trial reports (Tune's own tables)
 
 
 def is_final(result: dict) -> bool:
@@ -110,10 +110,9 @@ def _run_pack(config: dict, runner) -> None:
                          "worker_device": setup["device"], "worker_stack": setup["stack"]},
                         checkpoint=tune.Checkpoint.from_directory(d))
 
-    def on_progress(finished: dict[int, dict], states: dict[str, dict]) -> None:
+    def on_progress(finished: dict, states: dict[str, dict]) -> None:
         for i, r in finished.items():
-            r["node_id"] = node                      # which cluster node trained it (an MLflow tag)
-            done[i] = r
+            done[i] = {**r.to_dict(), "node_id": node}   # which cluster node trained it (an MLflow tag)
         phase1.update(states)
         needed = {phase1_key(c) for i, c in enumerate(configs) if i not in done and method_spec(c.method).two_phase}
         for k in [k for k in phase1 if k not in needed]:
@@ -178,6 +177,7 @@ def synthetic_result(c: TrialConfig, node_time: float) -> dict:
     import numpy as np
 
     from imbalance_core import methods as M
+    from imbalance_core import specs as S
     from imbalance_core.imbalance import make_subset
     from imbalance_core.models import MODELS
     from imbalance_core.sampling import SamplingPlan
@@ -189,12 +189,13 @@ def synthetic_result(c: TrialConfig, node_time: float) -> dict:
     drop = math.log10(max(c.rho, 1.0)) * (1.0 + (zlib.crc32(c.method.encode()) % 7) / 7)
     r = {k: (list(map(list, v)) if k.startswith("confusion") else list(v)) if isinstance(v, list) else v
          for k, v in m.items()}
-    r["auc"] = float(min(100.0, 99.5 - drop + rng.normal(0, 0.3)))
-    r["accuracy"] = float(max(0.0, 98.0 - 8 * drop + rng.normal(0, 1.0)))
-    r["accuracy_thresholded"] = float(max(0.0, 98.0 - 4 * drop + rng.normal(0, 1.0)))
-    linear_tau = spec.head == "linear" and hasattr(MODELS[c.model], "features")
+    r[AUC] = float(min(100.0, 99.5 - drop + rng.normal(0, 0.3)))
+    r[ACCURACY] = float(max(0.0, 98.0 - 8 * drop + rng.normal(0, 1.0)))
+    r[ACCURACY_THRESHOLDED] = float(max(0.0, 98.0 - 4 * drop + rng.normal(0, 1.0)))
+    # tau-norm needs the network's test features at hand: a linear head and the test set in memory (trial.py)
+    linear_tau = spec.head == "linear" and hasattr(MODELS[c.model], "features") and S.get(c.dataset).in_memory
     for k, v in (with_features if linear_tau else plain).items():
-        r[k] = list(v) if isinstance(v, list) else float(max(0.0, r["accuracy"] + rng.normal(0, 1.0)))
+        r[k] = list(v) if isinstance(v, list) else float(max(0.0, r[ACCURACY] + rng.normal(0, 1.0)))
     two = spec.two_phase
     iterations = c.schedule.iterations
     sampled = SamplingPlan(sub, y_train, sampler=spec.phases[0].sampler, level=c.level).counts
@@ -222,23 +223,25 @@ def synthetic_result(c: TrialConfig, node_time: float) -> dict:
     return r
 
 
-def rehearse_trials(configs: list[TrialConfig], *, done: dict[int, dict] | None = None,
+def rehearse_trials(configs: list[TrialConfig], *, done: dict | None = None,
                     phase1: dict[str, dict] | None = None, on_progress=None, stack: bool = False,
-                    max_stack: int | None = None) -> list[dict]:
-    """run_trials' contract without training: one synthetic result per network, reported in the steps a
-    stacked pack reports (one-phase networks after phase 1, two-phase networks after phase 2)."""
+                    max_stack: int | None = None) -> list:
+    """run_trials' contract without training: one synthetic NetworkResult per network, reported in the steps
+    a stacked pack reports (one-phase networks after phase 1, two-phase networks after phase 2)."""
     import time
 
     from imbalance_core import methods as M
-    done = dict(done or {})
+    from imbalance_core.result import NetworkResult
+    done = {int(i): NetworkResult.from_dict(r) for i, r in (done or {}).items()}
     t0 = time.perf_counter()
     todo = [i for i in range(len(configs)) if i not in done]
     for two in (False, True):
         step = {}
         for i in todo:
             if M.get(configs[i].method).two_phase == two:
-                step[i] = synthetic_result(configs[i], time.time())
-                step[i].update(pack_size=len(configs), pack_seconds=time.perf_counter() - t0)
+                r = synthetic_result(configs[i], time.time())
+                r.update(pack_size=len(configs), pack_seconds=time.perf_counter() - t0)
+                step[i] = NetworkResult.from_dict(r)
         done.update(step)
         if step and on_progress is not None:
             on_progress(step, {})

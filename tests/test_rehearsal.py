@@ -40,8 +40,8 @@ def test_synthetic_result_has_the_shape_of_a_real_one():
                            iterations=2, device="cpu") for m in METHODS]
     configs.append(TrialConfig(dataset="mnist-sample", imbalance="step", rho=10, mu=0.5, method="partial-rus",
                                level=5, seed=0, iterations=2, device="cpu"))
-    real = run_trials(configs)
-    fake = rehearse_trials(configs)
+    real = [r.to_dict() for r in run_trials(configs)]
+    fake = [r.to_dict() for r in rehearse_trials(configs)]
     for c, r, f in zip(configs, real, fake):
         assert sorted(f) == sorted(r), (c.method, set(f) ^ set(r))
         for k in r:
