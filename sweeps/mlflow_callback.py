@@ -106,6 +106,10 @@ class MlflowLogger(tune.Callback):
     def _work(self, tracker) -> None:
         from .tracking import TrackingUnavailable, trial_key
         self.tracker = tracker
+        try:                                      # what MLflow holds, read once (none for a new sweep)
+            tracker.index_runs()
+        except Exception:  # noqa: BLE001 - the server is away: each network is looked up (with retries) instead
+            tracker._index = None
         cost, last = DriverCost(), time.monotonic()
         while (item := self._queue.get()) is not None:
             t0 = time.thread_time()

@@ -261,6 +261,7 @@ class Tracker:
         from mlflow.tracking import MlflowClient
         check_tracking_uri(uri)
         self.uri, self.sweep, self.rehearsal = uri, sweep, rehearsal
+        self._index: dict[str, list[tuple[str, str]]] | None = None    # see index_runs
         self.figure_cpu_s = 0.0            # CPU time this process spent drawing the runs' figures
         mlflow.set_tracking_uri(uri)
         self.client = MlflowClient(tracking_uri=uri)
@@ -302,6 +303,20 @@ class Tracker:
         return {r.data.tags["trial_key"] for r in self._runs("attributes.status = 'FINISHED'")
                 if "trial_key" in r.data.tags}
 
+    def index_runs(self) -> None:
+        """Read trial_key -> [(run_id, status)] of every active run once, so that log_network needs no search
+        per network. Only for a Tracker that is its sweep's one writer (the driver's logging thread)."""
+        index: dict[str, list[tuple[str, str]]] = {}
+        for r in self._runs(""):
+            if "trial_key" in r.data.tags:
+                index.setdefault(r.data.tags["trial_key"], []).append((r.info.run_id, r.info.status))
+        self._index = index
+
+    def _runs_of(self, key: str) -> list[tuple[str, str]]:
+        if self._index is not None:
+            return list(self._index.get(key, []))
+        return [(r.info.run_id, r.info.status) for r in self._runs(f"tags.trial_key = '{key}'")]
+
     def runs_url(self, host: str = "http://127.0.0.1:5000") -> str:
         base = self.uri.rstrip("/") if self.uri.startswith(("http://", "https://")) else host
         return f"{base}/#/experiments/{self.experiment_id}/runs"
@@ -320,12 +335,14 @@ class Tracker:
             result = result.to_dict()
         key = trial_key(config, self.sweep)
         stale = []
-        for r in self._runs(f"tags.trial_key = '{key}'"):
-            if r.info.status == "FINISHED":
+        for run_id, status in self._runs_of(key):
+            if status == "FINISHED":
                 return False
-            stale.append(r.info.run_id)
-        for run_id in stale:                      # a run left half-logged by a killed driver
+            stale.append(run_id)
+        for run_id in stale:                      # a run left half-logged by a killed driver (or a failed try)
             self.client.delete_run(run_id)
+        if self._index is not None:
+            self._index[key] = []
 
         params = {k: str(v) for k, v in dataclasses.asdict(config).items()}
         params.update(model=str(result["model"]), code_version=code_version(), base_lr=str(result["base_lr"]),
@@ -339,6 +356,8 @@ class Tracker:
         end_ms = int(result["ended_at"] * 1000) if "ended_at" in result else None
         run = self.client.create_run(self.experiment_id, start_time=start_ms, run_name=describe(config), tags=tags)
         run_id = run.info.run_id
+        if self._index is not None:
+            self._index[key] = [(run_id, "RUNNING")]   # deleted by the next try if this one fails
         try:
             if "subset_digest" in result:
                 self.client.log_inputs(run_id, datasets=[subset_input(config, result)])
@@ -368,6 +387,8 @@ class Tracker:
                 pass
             raise
         self.client.set_terminated(run_id, "FINISHED", end_time=end_ms)
+        if self._index is not None:
+            self._index[key] = [(run_id, "FINISHED")]
         return True
 
 

@@ -88,7 +88,8 @@ def test_the_gpu_worker_stacks_its_pack_and_the_cpu_worker_does_not(tmp_path):
           f"CPU worker {c['device']} x{c['stack']}")
     assert g["node"] == gpu_node and g["gpu_ids"] and g["device"] == "cuda"
     assert g["stack"] == min(len(pack), packing.stack_size("lenet5", 64, FREE)) > packing.CPU_PACK
-    assert c["node"] == cpu_node and c["gpu_ids"] == [] and c["device"] == "cpu" and c["stack"] == 1
+    # a trial given no GPU trains one network at a time, on whichever node Ray put it (either has a CPU)
+    assert c["node"] in (cpu_node, gpu_node) and c["gpu_ids"] == [] and c["device"] == "cpu" and c["stack"] == 1
     assert g["n"] == c["n"] == len(pack)
 
 
