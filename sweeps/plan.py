@@ -65,20 +65,9 @@ class UsageError(ValueError):
 @dataclass(frozen=True)
 class SweepOptions:
     """Every option of `python sweeps/full_grid.py` (see `--help`); `parse_options` builds one from argv."""
-    # the grid: a preset and its overrides (None: the preset's own)
+    # the grid: a preset and its overrides from the command line (grids.Overrides: None = the preset's own)
     preset: str = "quick"
-    datasets: tuple[str, ...] | None = None
-    methods: tuple[str, ...] | None = None
-    imbalance: tuple[str, ...] | None = None
-    rho: tuple[float, ...] | None = None
-    mu: tuple[float, ...] | None = None
-    levels: tuple[float, ...] | None = None
-    lr: tuple[float, ...] | None = None
-    repetitions: int | None = None
-    iterations: int | None = None
-    data_dir: str | None = None
-    device: str | None = None
-    loader: str | None = None
+    grid: Overrides = Overrides()
     # the sweep
     name: str | None = None                 # sweep name = MLflow experiment = Tune experiment folder
     tracking_uri: str | None = None
@@ -194,12 +183,15 @@ def parse_options(argv: list[str]) -> SweepOptions:
     """SweepOptions from command-line arguments; SystemExit as argparse does (--help: 0, bad syntax: 2)."""
     ns = _parser().parse_args(argv)
     values = {f.name: getattr(ns, f.name) for f in dataclasses.fields(SweepOptions) if hasattr(ns, f.name)}
-    for k, v in values.items():
-        if isinstance(v, list):
-            values[k] = tuple(v)
     if ns.gpus is not None and ns.gpus_per_trial == 0:
         values["gpus_per_trial"] = 1.0            # --gpus: an estimate for GPU trials
-    return SweepOptions(**values, argv=tuple(argv))
+    grid = Overrides(**{f.name: getattr(ns, "lr" if f.name == "lrs" else f.name, None)
+                        for f in dataclasses.fields(Overrides)})
+    grid = dataclasses.replace(grid, **{f.name: tuple(v) for f in dataclasses.fields(grid)
+                                        if isinstance(v := getattr(grid, f.name), list)})
+    if grid.data_dir:
+        grid = dataclasses.replace(grid, data_dir=os.path.abspath(grid.data_dir))   # workers run in other folders
+    return SweepOptions(**values, grid=grid, argv=tuple(argv))
 
 
 @dataclass
@@ -237,10 +229,6 @@ def normalize_tracking_uri(uri: str, what: str = "--tracking-uri") -> str:
         if not parts.hostname:
             raise UsageError(f"{what} {redact(uri)!r} is not allowed: no host; expected http://HOST:PORT")
     return cleaned
-
-
-def _tuple(v):
-    return None if v is None else tuple(v)
 
 
 def _check_resources(opts: SweepOptions) -> None:
@@ -328,12 +316,8 @@ def plan_sweep(opts: SweepOptions) -> Plan:
         raise UsageError(f"sweep {sweep!r} already exists at {sweep_dir}: add --resume to continue it, "
                          f"or choose another --name")
     grid = grids.PRESETS[opts.preset]
-    o = Overrides(datasets=_tuple(opts.datasets), methods=_tuple(opts.methods), imbalance=_tuple(opts.imbalance),
-                  rho=_tuple(opts.rho), mu=_tuple(opts.mu), levels=_tuple(opts.levels), lrs=_tuple(opts.lr),
-                  repetitions=opts.repetitions, iterations=opts.iterations, device=opts.device, loader=opts.loader,
-                  data_dir=opts.data_dir and os.path.abspath(opts.data_dir))   # workers run in other folders
     try:
-        configs = grids.expand(grid, o)
+        configs = grids.expand(grid, opts.grid)
     except ValueError as e:
         raise UsageError(str(e)) from None
     data = list(dict.fromkeys((c.dataset, c.data_dir) for c in configs))
