@@ -75,6 +75,7 @@ from .tracking import REPO_ROOT, TrackingError, check_tracking_uri, redact
 
 # MLflow's HTTP client would otherwise retry an absent server silently for minutes per request
 # (7 retries, backoff factor 2): the sweep retries itself (Patience) and says so.
+CHECKPOINTS_KEPT = 4                     # per trial (tune.CheckpointConfig(num_to_keep)); see run_sweep
 MLFLOW_HTTP_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "60"}
 
 
@@ -223,7 +224,10 @@ def run_sweep(plan: Plan, opts: SweepOptions) -> int:
                 run_config=tune.RunConfig(
                     name=plan.sweep, storage_path=str(plan.sweep_dir.parent), verbose=0,
                     failure_config=tune.FailureConfig(max_failures=opts.max_failures),
-                    checkpoint_config=tune.CheckpointConfig(num_to_keep=2),   # a pack's latest progress
+                    # a pack's latest progress. Tune rewrites its whole experiment state (every trial) whenever a
+                    # trial has checkpointed num_to_keep times since the last rewrite: 4 keeps that off a
+                    # stacked (GPU) or rehearsed pack's 2-3 steps, so 4,600 trials do not cost 4,600 rewrites
+                    checkpoint_config=tune.CheckpointConfig(num_to_keep=CHECKPOINTS_KEPT),
                     callbacks=[MlflowLogger(plan.tracking_uri, plan.sweep, opts.tracking_retry_s, plan.rehearsal),
                                Progress(plan.sweep, plan.n_trials, plan.n_networks)]))
         try:
