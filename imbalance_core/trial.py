@@ -397,10 +397,13 @@ def run_trials(configs: list[TrialConfig], log=None, stack: bool | None = None,
     stats1: dict[str, TrainStats] = {k: TrainStats(**phase1[k]["stats"]) for k in given}
     windows1: dict[str, tuple] = {k: tuple(phase1[k].get("window", (math.nan, math.nan))) for k in given}
     features1: dict[str, torch.Tensor] = {}            # test-set features, kept for phase 2 on cached features
-    for g in pack.groups(len(keys)):
-        ks = [keys[j] for j in g]
+    # A stacked group holds one architecture: a cosine head (ldam-drw) stacks only with cosine heads.
+    by_head: dict[str, list[str]] = {}
+    for k in keys:
+        by_head.setdefault(specs[plan.phase1[k][0]].head if pack.stack > 1 else "", []).append(k)
+    for ks in [[hk[j] for j in g] for hk in by_head.values() for g in pack.groups(len(hk))]:
         reps = [plan.phase1[k][0] for k in ks]          # a representative network of each phase-1 network
-        keep = cached_phase2 and len(g) == 1 and any(i in two for i in plan.phase1[ks[0]])
+        keep = cached_phase2 and len(ks) == 1 and any(i in two for i in plan.phase1[ks[0]])
         nets, stats, window = fit(pack, [build(i) for i in reps], [sampling(i, 1) for i in reps], log=log,
                                   losses=[L.build(specs[i].phases[0].loss, subsets[i].counts, schedule.iterations,
                                                   specs[i].param_dict, device) for i in reps])

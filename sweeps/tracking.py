@@ -32,6 +32,7 @@ from .grids import cell_of, describe
 from .figures import confusion_png, recall_png
 
 EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
+RUNS_PAGE = 2_000              # runs per search page: bounds the memory of reading a 23,000-run sweep back
 REHEARSAL_TAG = "rehearsal"    # experiment and run tag of a sweep that did not train (--rehearse)
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DB_SCHEMES = ("postgresql", "mysql", "mssql")      # SQLAlchemy stores MLflow opens itself (with +driver)
@@ -292,7 +293,7 @@ class Tracker:
         token = None
         while True:
             page = self.client.search_runs([self.experiment_id], filter_string, ViewType.ACTIVE_ONLY,
-                                           max_results=10_000, page_token=token)
+                                           max_results=RUNS_PAGE, page_token=token)
             yield from page
             token = page.token
             if not token:

@@ -551,3 +551,17 @@ def test_auto_loader_per_dataset():
     assert resolve_loader(TrialConfig(dataset="mnist", data_dir="x")) == "tensor"
     assert resolve_loader(TrialConfig(dataset="cifar10", data_dir="x")) == "tensor"
     assert resolve_loader(TrialConfig(dataset="mnist", data_dir="x", loader="torch")) == "torch"
+
+
+def test_a_stacked_pack_mixing_cosine_and_linear_heads_trains_each_architecture_as_its_own_group():
+    """ldam-drw's cosine head has no fc2.bias, so it cannot share a vmap stack with linear heads (this raised
+    KeyError in stack_module_state before); stacked, the pack trains one group per architecture, and each
+    network equals itself trained alone."""
+    configs = [TrialConfig(**SAMPLE, method=m, seed=0) for m in ("baseline", "ldam-drw", "ros", "la-loss")]
+    with spying() as rec:
+        stacked = run_trials(configs, stack=True)
+    assert sorted(t["K"] for t in rec["train"]) == [1, 3]           # 3 linear heads stacked, 1 cosine alone
+    for c, r in zip(configs, stacked):
+        alone = run_trial(c)
+        check_result(r, classes=10, test_examples=1000)
+        assert abs(r["auc"] - alone["auc"]) < 0.5 and abs(r["accuracy"] - alone["accuracy"]) <= 2.0, c.method
