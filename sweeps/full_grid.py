@@ -228,7 +228,8 @@ def run_sweep(plan: Plan, opts: SweepOptions) -> int:
                     # trial has checkpointed num_to_keep times since the last rewrite: 4 keeps that off a
                     # stacked (GPU) or rehearsed pack's 2-3 steps, so 4,600 trials do not cost 4,600 rewrites
                     checkpoint_config=tune.CheckpointConfig(num_to_keep=CHECKPOINTS_KEPT),
-                    callbacks=[MlflowLogger(plan.tracking_uri, plan.sweep, opts.tracking_retry_s, plan.rehearsal),
+                    callbacks=[MlflowLogger(plan.tracking_uri, plan.sweep, opts.tracking_retry_s, plan.rehearsal,
+                                            opts.log_threads),
                                Progress(plan.sweep, plan.n_trials, plan.n_networks)]))
         try:
             results = tuner.fit()

@@ -45,7 +45,7 @@ class DriverCost:
         u = resource.getrusage(resource.RUSAGE_SELF)
         cpu = u.ru_utime + u.ru_stime - self.cpu0
         log = self.logging_s + (logger.cpu_s if logger else 0.0)
-        fig = sum(t.figure_cpu_s for t in (*trackers, logger and logger.tracker) if t is not None)
+        fig = sum(t.figure_cpu_s for t in (*trackers, *(logger.trackers if logger else ())))
         return (f"driver: wall {time.monotonic() - self.t0:.1f} s, CPU {cpu:.1f} s = MLflow logging {log - fig:.1f} s "
                 f"+ figures {fig:.1f} s + Tune and the rest {cpu - log:.1f} s; peak memory {u.ru_maxrss / 1024:.0f} MB")
 
@@ -61,26 +61,28 @@ class MlflowLogger(tune.Callback):
     """
 
     def __init__(self, tracking_uri: str, sweep: str, retry_s: float = DEFAULT_TRACKING_RETRY_S,
-                 rehearsal: bool = False):
+                 rehearsal: bool = False, threads: int = 1):
         self.tracking_uri, self.sweep, self.retry_s, self.rehearsal = tracking_uri, sweep, retry_s, rehearsal
+        self.threads = max(1, int(threads))       # logging threads, each taking the next finished pack
         self._queue: queue.Queue | None = None
-        self._thread: threading.Thread | None = None
+        self._threads: list[threading.Thread] = []
+        self.trackers: list = []
         self._lock = threading.Lock()
         self.waiting = 0                          # networks reported but not yet through logging
         self.logged: set[str] = set()             # trial_keys logged (or found logged) by this session
-        self.cpu_s = 0.0                          # CPU time of the logging thread (figures included)
+        self.cpu_s = 0.0                          # CPU time of the logging threads (figures included)
         self._final: dict[str, dict] = {}         # trial_id -> its final report, until its checkpoint arrives
-        self.tracker = None
         self.patience = Patience(retry_s, self._say)
 
     def __getstate__(self):                       # Tune pickles callbacks with the sweep (tuner.pkl)
         return {"tracking_uri": redact(self.tracking_uri), "sweep": self.sweep, "retry_s": self.retry_s,
-                "rehearsal": self.rehearsal}
+                "rehearsal": self.rehearsal, "threads": self.threads}
 
     def __setstate__(self, state):
         # `--resume --tracking-uri NEW`: the callback Tune restores from the sweep's state logs to NEW
         self.__init__(TRACKING_REDIRECT.get(state["sweep"], state["tracking_uri"]), state["sweep"],
-                      state.get("retry_s", DEFAULT_TRACKING_RETRY_S), state.get("rehearsal", False))
+                      state.get("retry_s", DEFAULT_TRACKING_RETRY_S), state.get("rehearsal", False),
+                      state.get("threads", 1))
 
     def _say(self, msg: str) -> None:
         print(f"[sweep {self.sweep}] {msg}; {self.waiting} networks waiting to be logged", flush=True)
@@ -97,19 +99,28 @@ class MlflowLogger(tune.Callback):
 
     def setup(self, **info):
         from .tracking import Tracker
-        tracker = Tracker(_TRACKING_URIS.get(self.sweep, self.tracking_uri), self.sweep, self.rehearsal)
+        uri = _TRACKING_URIS.get(self.sweep, self.tracking_uri)
+        self.trackers = [Tracker(uri, self.sweep, self.rehearsal) for _ in range(self.threads)]
         _LOGGERS[self.sweep] = self
         self._queue = queue.Queue()
-        self._thread = threading.Thread(target=self._work, args=(tracker,), name="mlflow-logger", daemon=True)
-        self._thread.start()
+        self._indexed = threading.Event()
+        self._threads = [threading.Thread(target=self._work, args=(t, n), name=f"mlflow-logger-{n}", daemon=True)
+                         for n, t in enumerate(self.trackers)]
+        for th in self._threads:
+            th.start()
 
-    def _work(self, tracker) -> None:
+    def _work(self, tracker, n: int) -> None:
         from .tracking import TrackingUnavailable, trial_key
-        self.tracker = tracker
-        try:                                      # what MLflow holds, read once (none for a new sweep)
-            tracker.index_runs()
-        except Exception:  # noqa: BLE001 - the server is away: each network is looked up (with retries) instead
-            tracker._index = None
+        if n == 0:
+            try:                                  # what MLflow holds, read once (none for a new sweep)
+                tracker.index_runs()
+            except Exception:  # noqa: BLE001 - the server is away: each network is looked up (with retries)
+                tracker._index = None
+            for other in self.trackers[1:]:       # one index for all threads: a network is logged by one of them
+                other._index = tracker._index
+            self._indexed.set()
+        else:
+            self._indexed.wait()
         cost, last = DriverCost(), time.monotonic()
         while (item := self._queue.get()) is not None:
             t0 = time.thread_time()
@@ -135,8 +146,9 @@ class MlflowLogger(tune.Callback):
                 finally:
                     with self._lock:
                         self.waiting -= 1
-            self.cpu_s += time.thread_time() - t0
-            if self.rehearsal and time.monotonic() - last >= 30:     # the driver's cost as it goes
+            with self._lock:
+                self.cpu_s += time.thread_time() - t0
+            if n == 0 and self.rehearsal and time.monotonic() - last >= 30:     # the driver's cost as it goes
                 last = time.monotonic()
                 print(f"[sweep {self.sweep}] rehearsal {cost.line(self)}; {len(self.logged)} networks logged, "
                       f"{self.waiting} waiting", flush=True)
@@ -156,14 +168,16 @@ class MlflowLogger(tune.Callback):
             self._queue.put((trial.trial_id, trial.config["pack"], result, checkpoint))
 
     def on_experiment_end(self, trials, **info):
-        if self._thread is not None:
+        if self._threads:
             if self.waiting:
                 print(f"[sweep {self.sweep}] training done; {self.waiting} networks still to log to MLflow"
                       + (f" (retrying while it is away, at most {self.retry_s:g} s)"
                          if self.patience.away_since is not None and not self.patience.exhausted else ""),
                       flush=True)
-            self._queue.put(None)
-            self._thread.join()
+            for _ in self._threads:
+                self._queue.put(None)
+            for th in self._threads:
+                th.join()
 
 
 def reconcile(tracker, sweep: str, done: list[tuple[TrialConfig, dict, str]], retry_s: float) -> tuple[int, list[str]]:

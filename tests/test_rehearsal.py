@@ -2,8 +2,8 @@
 
 a) a synthetic result has exactly the shape of a real one (every key, type, list and matrix), for every
    kind of method (one phase, two phases on cached features, a cosine head, a re-initialised head);
-b) a small rehearsal (184 networks) logs every network to MLflow once, marked as a rehearsal (its own
-   experiment, a tag), and the report reads them back; resuming it logs nothing twice.
+b) a small rehearsal (184 networks, two logging threads) logs every network to MLflow once, marked as a
+   rehearsal (its own experiment, a tag), and the report reads them back; resuming it logs nothing twice.
 """
 from __future__ import annotations
 
@@ -57,7 +57,7 @@ def test_synthetic_result_has_the_shape_of_a_real_one():
 
 
 ARGS = ["--preset", "mnist", "--datasets", "mnist-sample", "--rho", "10", "20", "50", "100", "--mu", "0.5", "0.9",
-        "--repetitions", "2", "--rehearse", "--name", "small"]
+        "--repetitions", "2", "--log-threads", "2", "--rehearse", "--name", "small"]
 
 
 def test_small_rehearsal_logs_every_network_once_and_the_report_reads_them(tmp_path, capsys):
