@@ -64,6 +64,12 @@ def _num(value) -> float | None:
 
 def load_runs(tracking_uri: str, sweep_name: str) -> tuple[str, list[dict]]:
     """(experiment id, one dict per FINISHED run: the key fields, seed, run name and metrics)."""
+    experiment_id, df = _finished_runs(tracking_uri, sweep_name)
+    return experiment_id, _runs_of(df)
+
+
+def _finished_runs(tracking_uri: str, sweep_name: str):
+    """(experiment id, a pandas frame of its FINISHED runs: every param, metric and tag as a column)."""
     client = MlflowClient(tracking_uri=tracking_uri)
     exp = client.get_experiment_by_name(sweep_name)
     if exp is None:
@@ -80,6 +86,10 @@ def load_runs(tracking_uri: str, sweep_name: str) -> tuple[str, list[dict]]:
                                 output_format="pandas")
     finally:
         mlflow.set_tracking_uri(previous)
+    return exp.experiment_id, df
+
+
+def _runs_of(df) -> list[dict]:
     runs = []
     for row in df.to_dict("records"):
         p = lambda k: row.get(f"params.{k}")  # noqa: E731
@@ -102,7 +112,22 @@ def load_runs(tracking_uri: str, sweep_name: str) -> tuple[str, list[dict]]:
             "n_per_class": _num(p("n_per_class")),
             **metrics,
         })
-    return exp.experiment_id, runs
+    return runs
+
+
+NETWORK_COLUMNS_FIRST = ("run_id", "tags.mlflow.runName", "start_time", "end_time")
+
+
+def write_networks_csv(df, path: Path) -> int:
+    """One row per network (FINISHED run): its run id, name, start and end, then every param, metric and
+    tag MLflow holds for it, sorted by run name. Returns the number of rows."""
+    cols = [c for c in NETWORK_COLUMNS_FIRST if c in df.columns]
+    for prefix in ("params.", "metrics.", "tags."):
+        cols += sorted(c for c in df.columns if c.startswith(prefix) and c not in cols
+                       and not c.startswith("tags.mlflow."))
+    rows = df[cols].sort_values("tags.mlflow.runName") if len(df) else df[cols]
+    rows.to_csv(path, index=False)
+    return len(rows)
 
 
 # ------------------------------------------------------------------------------------ aggregating
@@ -200,15 +225,19 @@ def write_markdown(sweep: str, tracking_uri: str, n_runs: int, rows: list[dict],
 # ------------------------------------------------------------------------------------------- API
 
 def build_report(tracking_uri: str, sweep_name: str, out_dir: str | Path | None = None) -> dict:
-    """Read the sweep's FINISHED runs and write results.csv, results.md and the figures to out_dir.
+    """Read the sweep's FINISHED runs and write results.csv (per group), networks.csv (one row per network:
+    every param, metric and tag), results.md and the figures to out_dir.
 
     Returns {"experiment_id", "n_runs", "n_groups", "out_dir", "results_csv", "results_md",
     "figures": [paths], "skipped": {figure file name: reason}}. Raises SweepNotFound for an unknown
     sweep name (the message lists the experiments present).
     """
-    experiment_id, runs = load_runs(tracking_uri, sweep_name)
+    experiment_id, df = _finished_runs(tracking_uri, sweep_name)
+    runs = _runs_of(df)
     out = Path(out_dir) if out_dir is not None else Path("reports") / sweep_name
     out.mkdir(parents=True, exist_ok=True)
+    networks_csv = out / "networks.csv"
+    write_networks_csv(df, networks_csv)
     rows = aggregate(runs)
     plot_rows = _best_lr(rows)
     figures: list[Path] = []
@@ -230,7 +259,8 @@ def build_report(tracking_uri: str, sweep_name: str, out_dir: str | Path | None 
     write_csv(rows, csv_path)
     write_markdown(sweep_name, tracking_uri, len(runs), rows, figures, skipped, md_path)
     return {"experiment_id": experiment_id, "n_runs": len(runs), "n_groups": len(rows), "out_dir": out,
-            "results_csv": csv_path, "results_md": md_path, "figures": figures, "skipped": skipped}
+            "results_csv": csv_path, "results_md": md_path, "networks_csv": networks_csv, "figures": figures,
+            "skipped": skipped}
 
 
 def main(argv: list[str] | None = None) -> int:

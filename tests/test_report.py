@@ -278,3 +278,21 @@ def test_a_new_method_spec_reaches_every_table_and_figure(tmp_path, monkeypatch)
         Path(p).name for p in out["figures"]}
     # the AUC figure's legends (one per panel) and the heatmap's panel title carry the spec's label
     assert legends.count("Toy method") >= len(STEP_MUS) + 1, legends
+
+
+def test_networks_csv_has_one_row_per_network_with_every_param_and_metric(store, tmp_path):
+    res = report.build_report(store["uri"], SWEEP, tmp_path / "out")
+    rows = read_csv(res["networks_csv"])
+    client = MlflowClient(tracking_uri=store["uri"])
+    exp = client.get_experiment_by_name(SWEEP)
+    finished = [r for r in client.search_runs([exp.experiment_id], max_results=10_000) if r.info.status == "FINISHED"]
+    assert len(rows) == len(finished) == res["n_runs"]
+    assert sorted(r["run_id"] for r in rows) == sorted(r.info.run_id for r in finished)
+    one = next(r for r in finished if r.info.run_id == rows[0]["run_id"])
+    row = rows[0]
+    for k, v in one.data.params.items():
+        assert row[f"params.{k}"] == v, k
+    for k, v in one.data.metrics.items():
+        assert float(row[f"metrics.{k}"]) == pytest.approx(v), k
+    assert row["tags.trial_key"] == one.data.tags["trial_key"]
+    assert [r["tags.mlflow.runName"] for r in rows] == sorted(r["tags.mlflow.runName"] for r in rows)
