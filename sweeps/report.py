@@ -41,7 +41,7 @@ from sweeps.figures import REPORT_FIGURES, fmt_num, method_rank
 METRICS = HEADLINE          # the per-network metrics summarised (imbalance_core/result.py)
 KEY_FIELDS = ("dataset", "imbalance", "rho", "mu", "method", "level", "lr")
 CSV_COLUMNS = (["dataset", "imbalance", "rho", "mu", "method", "level", "lr", "n"]
-               + [f"{m}_{s}" for m in METRICS for s in ("mean", "std", "min", "max")])
+               + [f"{m}_{s}" for m in METRICS for s in ("mean", "std", "min", "max", "ci95")])
 
 
 class SweepNotFound(LookupError):
@@ -133,11 +133,15 @@ def write_networks_csv(df, path: Path) -> int:
 # ------------------------------------------------------------------------------------ aggregating
 
 def _stats(values: list[float]) -> dict:
+    """mean, std, min, max over the seeds, and ci95: the half-width of the 95% Student-t interval of the mean
+    (t_{0.975, n-1} * std / sqrt(n); None for one run)."""
+    from scipy.stats import t as student_t
     vals = [v for v in values if v is not None]
     if not vals:
-        return {"mean": None, "std": None, "min": None, "max": None}
-    return {"mean": mean(vals), "std": stdev(vals) if len(vals) > 1 else None,
-            "min": min(vals), "max": max(vals)}
+        return {"mean": None, "std": None, "min": None, "max": None, "ci95": None}
+    sd = stdev(vals) if len(vals) > 1 else None
+    ci = float(student_t.ppf(0.975, len(vals) - 1)) * sd / len(vals) ** 0.5 if sd is not None else None
+    return {"mean": mean(vals), "std": sd, "min": min(vals), "max": max(vals), "ci95": ci}
 
 
 def _sort_key(row: dict) -> tuple:

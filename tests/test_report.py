@@ -296,3 +296,12 @@ def test_networks_csv_has_one_row_per_network_with_every_param_and_metric(store,
         assert float(row[f"metrics.{k}"]) == pytest.approx(v), k
     assert row["tags.trial_key"] == one.data.tags["trial_key"]
     assert [r["tags.mlflow.runName"] for r in rows] == sorted(r["tags.mlflow.runName"] for r in rows)
+
+
+def test_results_csv_has_the_95_percent_interval_of_each_mean(store, tmp_path):
+    res = report.build_report(store["uri"], SWEEP, tmp_path / "out")
+    row = next(r for r in read_csv(res["results_csv"]) if r["method"] == "baseline" and r["imbalance"] == "step"
+               and float(r["rho"]) == 10 and float(r["mu"]) == 0.1)
+    aucs = [fake_metrics(contract_config(rho=10.0, mu=0.1, seed=s))["auc"] for s in SEEDS]
+    # t_{0.975, 2} = 4.302652729...: the half-width of the 95% interval of a mean of 3 runs
+    assert float(row["auc_ci95"]) == pytest.approx(4.302652729 * statistics.stdev(aucs) / 3 ** 0.5, rel=1e-6)
