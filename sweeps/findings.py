@@ -360,8 +360,9 @@ def reference_error(rows):
                 "interval", [])
     h = student_t.ppf(0.5 + CONFIDENCE / 2, n - 1) * sd / math.sqrt(n)
     verdict = SUPPORTED if err + h < 1 else (NOT if err - h >= 1 else f"{UNDECIDABLE} at n = {n}")
-    return (title, verdict, f"balanced baseline test error {err:.2f}%, {CONFIDENCE:.0%} t-interval "
-            f"[{err - h:.2f}, {err + h:.2f}]% over {n} runs, entirely below 1%", [])
+    where = {SUPPORTED: "entirely below 1%", NOT: "entirely at or above 1%"}.get(verdict, "it holds 1%")
+    return (title, verdict, f"balanced baseline test error {err:.3f}%, {CONFIDENCE:.0%} t-interval "
+            f"[{err - h:.3f}, {err + h:.3f}]% over {n} runs: {where}", [])
 
 
 CHECKS = (imbalance_hurts, task_difficulty, step_vs_linear, ros_wins_or_ties, two_phase_between,

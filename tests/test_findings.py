@@ -202,3 +202,15 @@ def test_deviations_name_every_difference_from_the_protocol(tmp_path):
                                             run_name="x") for r in runs])), "demo", tmp_path / "f.md", runs=runs)
     page = (tmp_path / "f.md").read_text()
     assert "## How this run differs from the paper's protocol" in page and "3 repetitions per cell" in page
+
+
+@pytest.mark.parametrize("acc, std, verdict, says", [
+    (99.4, 0.1, "supported", "entirely below 1%"),
+    (99.08, 0.09, "not decidable at n = 3", "it holds 1%"),       # this run's balanced baseline (mnist-paper)
+    (98.5, 0.1, "not supported", "entirely at or above 1%"),
+])
+def test_the_reference_error_text_says_where_the_interval_lies(acc, std, verdict, says):
+    from sweeps.findings import reference_error
+    rows = [row("balanced", 1, 0.5, "baseline", 99.9, acc=acc, acc_thr=acc, std=std, n=3)]
+    title, v, text, _ = reference_error(rows)
+    assert v == verdict and text.endswith(says), text
