@@ -83,7 +83,8 @@ def run_driver(args: list[str], env: dict, log: Path, db: Path, kill_after: int 
                 f.write(line)
                 if line.startswith("[sweep"):
                     out["lines"].append(line.rstrip())
-                    if out["first_progress_s"] is None and "networks done" in line:
+                    # restored: the first progress line, or the reconciliation when every trial had ended
+                    if out["first_progress_s"] is None and ("networks done" in line or "reconciliation:" in line):
                         out["first_progress_s"] = time.monotonic() - t0
 
     reader = threading.Thread(target=read, daemon=True)
@@ -145,8 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     second = None
     if first["killed"]:
         second = run_driver([*args, "--resume"], env, log, db, None, ray_tmp)
-        print(f"resumed run: {second['wall_s']:.0f} s (first progress line after {second['first_progress_s'] or 0:.0f} s), "
-              f"exit {second['rc']}")
+        print(f"resumed run: {second['wall_s']:.0f} s, exit {second['rc']}")
     total_s = first["wall_s"] + (second["wall_s"] if second else 0)
 
     with sqlite3.connect(db) as con:
@@ -182,8 +182,8 @@ def main(argv: list[str] | None = None) -> int:
                   f"Tune and the rest {d['tune'] / d['cpu']:.0%}; peak memory {d['peak_mb']:.0f} MB")
     print(f"sizes: Tune state {mb(sizes['tune'])}, MLflow db {mb(sizes['db'])}, artifacts {mb(sizes['artifacts'])} "
           f"({sizes['artifacts'] / max(len(keys), 1) / 1024:.1f} KB per run)")
-    if second:
-        print(f"resume: first progress line {second['first_progress_s'] or float('nan'):.0f} s after start")
+    if second and second["first_progress_s"] is not None:
+        print(f"resume: restored and reporting {second['first_progress_s']:.0f} s after the driver started")
     print(f"report.py: {report_s:.0f} s (exit {rep.returncode}); findings.py: {findings_s:.0f} s (exit {fnd.returncode})")
     if rep.returncode or fnd.returncode:
         print(rep.stdout[-2000:] + rep.stderr[-2000:] + fnd.stdout[-2000:] + fnd.stderr[-2000:])

@@ -34,6 +34,7 @@ from statistics import mean, stdev
 
 import mlflow
 from mlflow.tracking import MlflowClient
+from scipy.stats import t as student_t
 
 from imbalance_core.result import ACCURACY, AUC, HEADLINE
 from sweeps.figures import REPORT_FIGURES, fmt_num, method_rank
@@ -135,7 +136,6 @@ def write_networks_csv(df, path: Path) -> int:
 def _stats(values: list[float]) -> dict:
     """mean, std, min, max over the seeds, and ci95: the half-width of the 95% Student-t interval of the mean
     (t_{0.975, n-1} * std / sqrt(n); None for one run)."""
-    from scipy.stats import t as student_t
     vals = [v for v in values if v is not None]
     if not vals:
         return {"mean": None, "std": None, "min": None, "max": None, "ci95": None}
