@@ -120,13 +120,6 @@ def runs_by_key(uri: str, sweep: str) -> collections.Counter:
     return collections.Counter(r.data.tags["trial_key"] for r in runs)
 
 
-def result_rows(sweep_dir: Path) -> list[dict]:
-    rows = []
-    for path in sorted(sweep_dir.glob("*/result.json")):
-        rows += [json.loads(ln) for ln in path.read_text().splitlines() if ln.strip()]
-    return rows
-
-
 def final_networks(sweep_dir: Path) -> list[dict]:
     """The network results of the (one) pack's final report, from the checkpoint it came with."""
     from ray import tune
@@ -141,6 +134,17 @@ def final_networks(sweep_dir: Path) -> list[dict]:
 
 # --------------------------------------------------------------------------- a) a node killed mid-pack
 
+def driver_rows(ray_dir: str, sweep: str) -> list[dict]:
+    """The results the Tune driver has processed so far, from its own staging copy of result.json (under
+    the Ray session folder; the copy under --storage-path is only synced now and then, so it lags by
+    several networks). A checkpoint whose result is here is the one a retried trial restores."""
+    rows = []
+    found = Path(ray_dir).glob(f"session_*/artifacts/*/{sweep}/driver_artifacts/*/result.json")
+    for path in sorted({p.resolve() for p in found}):     # session_latest links to the session folder
+        rows += [json.loads(ln) for ln in path.read_text().splitlines() if ln.strip().endswith("}")]
+    return rows
+
+
 def test_pack_resumes_from_its_last_finished_network_after_its_node_is_killed(cluster, store, old_head_server,
                                                                                tmp_path):
     from ray import tune
@@ -152,14 +156,14 @@ def test_pack_resumes_from_its_last_finished_network_after_its_node_is_killed(cl
         try:
             deadline = time.monotonic() + 300
             while time.monotonic() < deadline:
-                rows = result_rows(sweep_dir)
+                rows = driver_rows(cluster.temp_dir, "killpack")
                 if rows and rows[-1].get("networks_done", 0) >= 2:    # baseline, ros (+ ros's phase 1) saved
                     seen["done_at_kill"] = rows[-1]["networks_done"]
                     seen["killed"] = rows[-1]["node_id"]
                     cluster.remove_node(workers[seen["killed"]], allow_graceful=False)
                     seen["node_b"] = next(n for n in workers if n != seen["killed"])
                     return
-                time.sleep(0.2)
+                time.sleep(0.05)
             seen["error"] = "the pack never reported 2 finished networks"
         except Exception as e:  # noqa: BLE001 - reported by the asserts below
             seen["error"] = repr(e)
@@ -178,7 +182,7 @@ def test_pack_resumes_from_its_last_finished_network_after_its_node_is_killed(cl
     assert rc == 0, out + err
     assert "surrounding whitespace removed" in err
 
-    rows = result_rows(sweep_dir)
+    rows = driver_rows(cluster.temp_dir, "killpack")   # every report, as the driver processed it
     trained = collections.Counter(i for r in rows for i in r.get("trained_now", []))
     resumed = max(r.get("resumed_from", 0) for r in rows)
     trials = tune.ExperimentAnalysis(str(sweep_dir)).trials
