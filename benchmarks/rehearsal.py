@@ -103,12 +103,13 @@ def run_driver(args: list[str], env: dict, log: Path, db: Path, kill_after: int 
 def driver_line(lines: list[str]) -> dict:
     """The last `rehearsal driver:` figures a driver printed."""
     pat = re.compile(r"driver: wall ([\d.]+) s, CPU ([\d.]+) s = MLflow logging ([\d.]+) s \+ figures ([\d.]+) s "
-                     r"\+ Tune and the rest ([-\d.]+) s; peak memory (\d+) MB")
+                     r"\+ Tune and the rest ([-\d.]+) s; (\d+) logging processes: CPU ([\d.]+) s \(figures ([\d.]+) s\); "
+                     r"peak memory (\d+) MB")
     found = [m for m in map(pat.search, lines) if m]
     if not found:
         return {}
     m = found[-1]
-    keys = ("wall", "cpu", "mlflow", "figures", "tune", "peak_mb")
+    keys = ("wall", "cpu", "mlflow", "figures", "tune", "n_proc", "proc_cpu", "proc_figures", "peak_mb")
     return dict(zip(keys, map(float, m.groups())))
 
 
@@ -177,9 +178,12 @@ def main(argv: list[str] | None = None) -> int:
           f"(target {n / TARGET_S:.1f}/s for this plan in 30 min; 13/s for the mnist preset)")
     for name, d in (("first run", d1), ("resumed run", d2)):
         if d:
-            print(f"driver CPU, {name} (at its last report): {d['cpu']:.0f} s over {d['wall']:.0f} s wall = "
-                  f"MLflow logging {d['mlflow'] / d['cpu']:.0%} + figures {d['figures'] / d['cpu']:.0%} + "
-                  f"Tune and the rest {d['tune'] / d['cpu']:.0%}; peak memory {d['peak_mb']:.0f} MB")
+            total = d["cpu"] + d["proc_cpu"]              # the driver process and its logging processes
+            print(f"driver CPU, {name} (at its last report): {total:.0f} s over {d['wall']:.0f} s wall = "
+                  f"Tune and the rest {d['tune'] / total:.0%} (driver process) + MLflow logging "
+                  f"{(d['mlflow'] + d['proc_cpu'] - d['proc_figures']) / total:.0%} ({d['n_proc']:.0f} logging "
+                  f"processes: {d['proc_cpu'] / total:.0%}) + figures {(d['figures'] + d['proc_figures']) / total:.0%}; "
+                  f"driver peak memory {d['peak_mb']:.0f} MB")
     print(f"sizes: Tune state {mb(sizes['tune'])}, MLflow db {mb(sizes['db'])}, artifacts {mb(sizes['artifacts'])} "
           f"({sizes['artifacts'] / max(len(keys), 1) / 1024:.1f} KB per run)")
     if second and second["first_progress_s"] is not None:

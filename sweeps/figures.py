@@ -1,16 +1,18 @@
 """Every figure the project draws, in one place.
 
-1. The two per-network PNGs of a sweep run (`confusion_png`, `recall_png`: confusion matrices and
-   per-class recall), drawn with Pillow; `sweeps.tracking` logs them with each network's MLflow run.
+1. The two per-network PNGs of a sweep run (`network_figures`: `confusion_png` and `recall_png`,
+   confusion matrices and per-class recall), drawn with Pillow. The trial that trained the networks
+   draws them into its final checkpoint (on the worker, in parallel); `sweeps.tracking` logs them with
+   each network's MLflow run (and draws them there only for a network whose checkpoint has none).
 2. The report figures of a finished sweep (`REPORT_FIGURES`: AUC vs rho, mu x rho heat maps, accuracy
    vs rho, partial sampling), drawn with matplotlib from the aggregated rows of `sweeps.report`.
 
 matplotlib is imported on first use of a report figure only (the sweep driver, and the Ray workers that
 import the driver's module, never need it).
 
-Per-network PNGs, why not matplotlib: the sweep driver logs every network itself, and the matplotlib
+Per-network PNGs, why not matplotlib: a sweep draws two per network, and the matplotlib
 versions of these two figures cost ~1.1-1.2 s of CPU per network at 10 classes (~4 s at 1000 classes)
-on a 2-core driver machine: hours of driver time for a 22,500-network grid. These take a few milliseconds.
+on a 2-core machine: hours of CPU for a 22,500-network grid. These take a few milliseconds.
 
 How they stay cheap: every image is built as an 8-bit palette image (heat ramp + grey ramp + the two bar
 colours), which PNG-encodes several times faster (and smaller) than RGB; text is rendered once per
@@ -362,6 +364,21 @@ def recall_png(path, recall, recall_t, class_counts=None) -> RecallLayout:
             index[lay.y_of(v):y_zero, bx0:bx1] = colour
     _save(index, path)
     return lay
+
+
+# The two PNGs of one network's MLflow run, by artifact name.
+NETWORK_FIGURES = ("confusion_matrix.png", "per_class_recall.png")
+
+
+def network_figures(folder, result) -> dict[str, Path]:
+    """Draw the two PNGs of one network (a result dict or NetworkResult) into `folder` (made if missing):
+    {name: path}."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    confusion, recall = (folder / n for n in NETWORK_FIGURES)
+    confusion_png(confusion, result["confusion_matrix"], result["confusion_matrix_thresholded"])
+    recall_png(recall, result["recall"], result["recall_thresholded"], result.get("class_counts"))
+    return dict(zip(NETWORK_FIGURES, (confusion, recall)))
 
 
 # --------------------------------------------------------------------------- report figures (matplotlib)

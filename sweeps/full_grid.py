@@ -81,7 +81,8 @@ MLFLOW_HTTP_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_
 
 class Progress(tune.Callback):
     """Prints `[sweep NAME] 12/30 networks done (4/15 trials), 2 running, 0 failed, elapsed 1m20s, ~2m10s left`
-    whenever a trial ends, and every `every_s` seconds otherwise."""
+    whenever a trial ends, and every `every_s` seconds otherwise. Networks done counts those of running packs
+    too (their last progress report), so that a long pack shows its progress before it ends."""
 
     def __init__(self, sweep: str, n_trials: int, n_networks: int, every_s: float = 30.0):
         self.sweep, self.n_trials, self.n_networks, self.every_s = sweep, n_trials, n_networks, every_s
@@ -95,9 +96,11 @@ class Progress(tune.Callback):
     def _line(self, trials) -> str:
         status = {t.trial_id: self.ended.get(t.trial_id) or
                   {"TERMINATED": "done", "ERROR": "failed", "RUNNING": "running"}.get(t.status) for t in trials}
-        size = {t.trial_id: len(t.config["pack"]) for t in trials}
         done = [i for i, s in status.items() if s == "done"]
-        nets = sum(size[i] for i in done)
+        # networks of ended trials, and those a running pack has reported finished (its checkpoints)
+        nets = sum(len(t.config["pack"]) if status[t.trial_id] == "done" else
+                   int((t.last_result or {}).get("networks_done", 0)) if status[t.trial_id] == "running" else 0
+                   for t in trials)
         if self.base_networks is None:
             self.base_networks = nets
         elapsed = time.monotonic() - self.t0
@@ -229,7 +232,7 @@ def run_sweep(plan: Plan, opts: SweepOptions) -> int:
                     # stacked (GPU) or rehearsed pack's 2-3 steps, so 4,600 trials do not cost 4,600 rewrites
                     checkpoint_config=tune.CheckpointConfig(num_to_keep=CHECKPOINTS_KEPT),
                     callbacks=[MlflowLogger(plan.tracking_uri, plan.sweep, opts.tracking_retry_s, plan.rehearsal,
-                                            opts.log_threads),
+                                            opts.log_processes),
                                Progress(plan.sweep, plan.n_trials, plan.n_networks)]))
         try:
             results = tuner.fit()

@@ -8,9 +8,13 @@ is not logged again; a half-logged run of a killed driver is replaced).
 """
 from __future__ import annotations
 
+import contextlib
+import os
 import queue
+import sys
 import threading
 import time
+from pathlib import Path
 
 from ray import tune
 
@@ -18,7 +22,7 @@ from imbalance_core.trial import TrialConfig
 
 from .grids import describe
 from .plan import DEFAULT_TRACKING_RETRY_S, duration
-from .trainable import is_final, pack_results
+from .trainable import is_final, pack_outputs
 from .tracking import Patience, redact
 
 _LOGGERS: dict[str, "MlflowLogger"] = {}   # sweep name -> the MlflowLogger Tune set up in this process
@@ -30,9 +34,9 @@ TRACKING_REDIRECT: dict[str, str] = {}   # sweep -> tracking URI that replaces t
 
 class DriverCost:
     """The driver's own cost since this object was made (a rehearsal prints it; benchmarks/rehearsal.py reads
-    it): wall time, this process's CPU time split into MLflow logging (the logger's thread and the
-    reconciliation; the figures drawn there counted apart) and the rest (Tune's event loop, callbacks), and
-    peak memory."""
+    it): wall time, the driver process's CPU time split into MLflow logging done in it (the logger's
+    threads, the reconciliation; figures drawn there counted apart) and the rest (Tune's event loop,
+    callbacks); the CPU of the MLflow logging processes (`LoggingProcess`); the driver's peak memory."""
 
     def __init__(self):
         import resource
@@ -45,15 +49,121 @@ class DriverCost:
         u = resource.getrusage(resource.RUSAGE_SELF)
         cpu = u.ru_utime + u.ru_stime - self.cpu0
         log = self.logging_s + (logger.cpu_s if logger else 0.0)
-        fig = sum(t.figure_cpu_s for t in (*trackers, *(logger.trackers if logger else ())))
+        fig = sum(t.figure_cpu_s for t in trackers)
+        procs = logger.trackers if logger else []
         return (f"driver: wall {time.monotonic() - self.t0:.1f} s, CPU {cpu:.1f} s = MLflow logging {log - fig:.1f} s "
-                f"+ figures {fig:.1f} s + Tune and the rest {cpu - log:.1f} s; peak memory {u.ru_maxrss / 1024:.0f} MB")
+                f"+ figures {fig:.1f} s + Tune and the rest {cpu - log:.1f} s; {len(procs)} logging processes: "
+                f"CPU {sum(p.cpu_s for p in procs):.1f} s (figures {sum(p.figure_cpu_s for p in procs):.1f} s); "
+                f"peak memory {u.ru_maxrss / 1024:.0f} MB")
+
+
+def _serve(fd: int, uri: str, sweep: str, rehearsal: bool) -> None:
+    """A logging process (`LoggingProcess`): its own Tracker (and store connection); logs each network it is
+    sent and replies (ok, value or error, CPU seconds, figure CPU seconds). Ends on None or when the driver
+    is gone (its end of the socket closed)."""
+    from multiprocessing.connection import Connection
+
+    from .tracking import Tracker, is_transient
+    conn = Connection(fd)
+    try:
+        tracker = Tracker(uri, sweep, rehearsal)
+        try:                                      # what MLflow holds, read once (none for a new sweep)
+            tracker.index_runs()
+        except Exception:  # noqa: BLE001 - the server is away: each network is looked up (with retries)
+            tracker._index = None
+        conn.send(("ready", None))
+    except Exception as e:  # noqa: BLE001 - the driver raises it
+        conn.send(("failed", f"{type(e).__name__}: {e}"))
+        return
+    while True:
+        try:
+            item = conn.recv()
+        except (EOFError, OSError):               # the driver is gone
+            return
+        if item is None:
+            return
+        t0, f0 = time.thread_time(), tracker.figure_cpu_s
+        try:
+            out = (True, tracker.log_network(*item))
+        except Exception as e:  # noqa: BLE001 - sent back as an error of the same kind (transient or not)
+            out = (False, (is_transient(e), f"{type(e).__name__}: {e}"))
+        conn.send((*out, time.thread_time() - t0, tracker.figure_cpu_s - f0))
+
+
+class LoggingProcess:
+    """A `Tracker` in a child process: `log_network` runs there, so that MLflow's store work (SQLAlchemy
+    inserts, ~60 ms of CPU per network on sqlite) leaves the driver's Python thread to Tune, and several
+    of them log in parallel (`--log-processes`). Its errors come back as ConnectionError (an outage, which
+    `Patience` retries) or RuntimeError, with the original type and message. The child is a fresh
+    interpreter (`command`) that imports only this package, talking over a socket pair."""
+
+    command = [sys.executable, "-c", "import sys; from sweeps.mlflow_callback import _serve; "
+                                     "_serve(int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4] == '1')"]
+
+    def __init__(self, uri: str, sweep: str, rehearsal: bool):
+        self.args = [uri, sweep, "1" if rehearsal else "0"]
+        self.cpu_s = self.figure_cpu_s = 0.0
+        self.restarts = 0
+        self._start()
+
+    def _start(self) -> None:
+        import socket
+        import subprocess
+        from multiprocessing.connection import Connection
+        ours, theirs = socket.socketpair()
+        root = str(Path(__file__).resolve().parents[1])
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)}
+        self.proc = subprocess.Popen([*self.command, str(theirs.fileno()), *self.args],
+                                     pass_fds=[theirs.fileno()], env=env, stdin=subprocess.DEVNULL)
+        theirs.close()
+        self._conn = Connection(ours.detach())
+        self._ready = False
+
+    def wait_ready(self) -> None:
+        if not self._ready:
+            try:
+                kind, why = self._conn.recv()
+            except EOFError:
+                kind, why = "failed", f"it exited with code {self.proc.wait()}"
+            if kind != "ready":
+                raise RuntimeError(f"the MLflow logging process could not start: {why}")
+            self._ready = True
+
+    def log_network(self, config, result, pack_id, figures=None) -> bool:
+        if self.proc.poll() is not None:          # it died (killed, out of memory): a new one
+            self._conn.close()
+            self.restarts += 1
+            self._start()
+        self.wait_ready()
+        try:
+            self._conn.send((config, result, pack_id, figures and {k: str(v) for k, v in figures.items()}))
+            ok, value, cpu, fig = self._conn.recv()
+        except (EOFError, OSError) as e:          # not an outage of MLflow: the next call starts a new process
+            raise RuntimeError(f"the MLflow logging process died ({type(e).__name__})") from None
+        self.cpu_s += cpu
+        self.figure_cpu_s += fig
+        if ok:
+            return value
+        transient, text = value
+        raise (ConnectionError if transient else RuntimeError)(text)
+
+    def close(self) -> None:
+        try:
+            self._conn.send(None)
+        except OSError:
+            pass
+        try:
+            self.proc.wait(30)
+        except Exception:  # noqa: BLE001 - subprocess.TimeoutExpired: it is stuck
+            self.proc.kill()
+            self.proc.wait()
+        self._conn.close()
 
 
 class MlflowLogger(tune.Callback):
     """Logs each network of a reported trial result to MLflow from the driver, exactly once.
 
-    Logging (a few SQL writes and two PNGs per network) runs on one background thread, so that it
+    Logging (a few SQL writes per network, and the two PNGs its trial drew) runs on background threads, so that it
     never holds up Tune's event loop; `on_experiment_end` waits for it to drain. While the tracking
     server is away the thread retries (`tracking.Patience`, bounded by `retry_s`) and says so; what
     it could not log, or a killed driver did not log, is logged by the reconciliation at the end of
@@ -70,7 +180,7 @@ class MlflowLogger(tune.Callback):
         self._lock = threading.Lock()
         self.waiting = 0                          # networks reported but not yet through logging
         self.logged: set[str] = set()             # trial_keys logged (or found logged) by this session
-        self.cpu_s = 0.0                          # CPU time of the logging threads (figures included)
+        self.cpu_s = 0.0                          # CPU time of the logging threads, in the driver
         self._final: dict[str, dict] = {}         # trial_id -> its final report, until its checkpoint arrives
         self.patience = Patience(retry_s, self._say)
 
@@ -100,53 +210,44 @@ class MlflowLogger(tune.Callback):
     def setup(self, **info):
         from .tracking import Tracker
         uri = _TRACKING_URIS.get(self.sweep, self.tracking_uri)
-        self.trackers = [Tracker(uri, self.sweep, self.rehearsal) for _ in range(self.threads)]
+        Tracker(uri, self.sweep, self.rehearsal)  # the experiment exists (and the store answers) before they start
+        self.trackers = [LoggingProcess(uri, self.sweep, self.rehearsal) for _ in range(self.threads)]
         _LOGGERS[self.sweep] = self
         self._queue = queue.Queue()
-        self._indexed = threading.Event()
         self._threads = [threading.Thread(target=self._work, args=(t, n), name=f"mlflow-logger-{n}", daemon=True)
                          for n, t in enumerate(self.trackers)]
         for th in self._threads:
             th.start()
 
-    def _work(self, tracker, n: int) -> None:
+    def _work(self, tracker: LoggingProcess, n: int) -> None:
         from .tracking import TrackingUnavailable, trial_key
-        if n == 0:
-            try:                                  # what MLflow holds, read once (none for a new sweep)
-                tracker.index_runs()
-            except Exception:  # noqa: BLE001 - the server is away: each network is looked up (with retries)
-                tracker._index = None
-            for other in self.trackers[1:]:       # one index for all threads: a network is logged by one of them
-                other._index = tracker._index
-            self._indexed.set()
-        else:
-            self._indexed.wait()
         cost, last = DriverCost(), time.monotonic()
         while (item := self._queue.get()) is not None:
             t0 = time.thread_time()
             trial_id, packed, result, checkpoint = item
-            try:
-                networks = pack_results(result, checkpoint)
-            except Exception as e:  # noqa: BLE001 - the reconciliation reads it again at the end
-                print(f"[sweep {self.sweep}] warning: could not read the results of trial {trial_id} "
-                      f"({type(e).__name__}: {e}); logged at the end", flush=True)
-                networks = []
-                with self._lock:
-                    self.waiting -= len(packed)
-            for d, r in zip(packed, networks):
-                c = TrialConfig.from_dict(d)
+            with contextlib.ExitStack() as stack:
                 try:
-                    self.patience.call(lambda: tracker.log_network(c, r, trial_id), describe(c))
-                    self.logged.add(trial_key(c, self.sweep))
-                except TrackingUnavailable:
-                    pass                          # said once by Patience; named at the end
-                except Exception as e:  # noqa: BLE001 - never stop the sweep for a logging failure
-                    print(f"[sweep {self.sweep}] warning: could not log {describe(c)} to MLflow "
-                          f"({type(e).__name__}: {e}); retried at the end", flush=True)
-                finally:
+                    networks = stack.enter_context(pack_outputs(result, checkpoint))
+                except Exception as e:  # noqa: BLE001 - the reconciliation reads it again at the end
+                    print(f"[sweep {self.sweep}] warning: could not read the results of trial {trial_id} "
+                          f"({type(e).__name__}: {e}); logged at the end", flush=True)
+                    networks = []
                     with self._lock:
-                        self.waiting -= 1
-            with self._lock:
+                        self.waiting -= len(packed)
+                for d, (r, figures) in zip(packed, networks):
+                    c = TrialConfig.from_dict(d)
+                    try:
+                        self.patience.call(lambda: tracker.log_network(c, r, trial_id, figures), describe(c))
+                        self.logged.add(trial_key(c, self.sweep))
+                    except TrackingUnavailable:
+                        pass                          # said once by Patience; named at the end
+                    except Exception as e:  # noqa: BLE001 - never stop the sweep for a logging failure
+                        print(f"[sweep {self.sweep}] warning: could not log {describe(c)} to MLflow "
+                              f"({type(e).__name__}: {e}); retried at the end", flush=True)
+                    finally:
+                        with self._lock:
+                            self.waiting -= 1
+            with self._lock:                  # this thread's CPU (its logging process counts its own)
                 self.cpu_s += time.thread_time() - t0
             if n == 0 and self.rehearsal and time.monotonic() - last >= 30:     # the driver's cost as it goes
                 last = time.monotonic()
@@ -178,6 +279,8 @@ class MlflowLogger(tune.Callback):
                 self._queue.put(None)
             for th in self._threads:
                 th.join()
+            for t in self.trackers:
+                t.close()
 
 
 def reconcile(tracker, sweep: str, done: list[tuple[TrialConfig, dict, str]], retry_s: float) -> tuple[int, list[str]]:

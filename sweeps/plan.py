@@ -81,7 +81,7 @@ class SweepOptions:
     tracking_retry_s: float = DEFAULT_TRACKING_RETRY_S
     resume: bool = False
     gpu_memory_gb: float | None = None
-    log_threads: int = 1
+    log_processes: int = 1
     rehearse: bool = False
     dry_run: bool = False
     # the --dry-run cost estimate
@@ -141,9 +141,9 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--gpu-memory-gb", type=float,
                    help="size GPU packs (--pack-size auto) for a GPU of this much memory, e.g. 24 for an A10G, "
                         "when the driver has no GPU itself (a cluster's CPU head)")
-    s.add_argument("--log-threads", type=int, default=1,
-                   help="threads logging finished packs to MLflow from the driver (default 1; more pay against "
-                        "an MLflow server with several workers, whose database does the work)")
+    s.add_argument("--log-processes", "--log-threads", dest="log_processes", type=int, default=1,
+                   help="processes logging finished packs to MLflow, beside the driver (default 1): MLflow's store "
+                        "work runs there, off the Tune loop; more log in parallel where the machine has the cores")
     s.add_argument("--rehearse", action="store_true",
                    help="run the whole plan through Tune and MLflow without training: every network gets a "
                         "synthetic result of the real shape, logged to the experiment <name>-rehearsal "
@@ -246,8 +246,8 @@ def _check_resources(opts: SweepOptions) -> None:
         raise UsageError(f"--max-failures {opts.max_failures} is not allowed: need an integer >= 0")
     if not (math.isfinite(opts.tracking_retry_s) and opts.tracking_retry_s >= 0):
         raise UsageError(f"--tracking-retry-s {opts.tracking_retry_s:g} is not allowed: need a number of seconds >= 0")
-    if opts.log_threads < 1:
-        raise UsageError(f"--log-threads {opts.log_threads} is not allowed: need an integer >= 1")
+    if opts.log_processes < 1:
+        raise UsageError(f"--log-processes {opts.log_processes} is not allowed: need an integer >= 1")
     if opts.max_concurrent is not None and opts.max_concurrent < 1:
         raise UsageError(f"--max-concurrent {opts.max_concurrent} is not allowed: need an integer >= 1")
     if opts.pack_size != "auto" and opts.pack_size < 1:

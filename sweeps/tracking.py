@@ -18,18 +18,20 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import subprocess
 import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Mapping
 from pathlib import Path
 
 from imbalance_core.result import NetworkResult, mlflow_metrics
 from imbalance_core.trial import TrialConfig
 
 from .grids import cell_of, describe
-from .figures import confusion_png, recall_png
+from .figures import NETWORK_FIGURES, network_figures
 
 EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
 RUNS_PAGE = 2_000              # runs per search page: bounds the memory of reading a 23,000-run sweep back
@@ -328,10 +330,13 @@ class Tracker:
         return (f"MLflow UI: .venv/bin/mlflow ui --backend-store-uri {redact(self.uri)} --host 127.0.0.1 --port 5000\n"
                 f"           then open {self.runs_url()}")
 
-    def log_network(self, config: TrialConfig, result: NetworkResult | dict, pack_id: str) -> bool:
+    def log_network(self, config: TrialConfig, result: NetworkResult | dict, pack_id: str,
+                    figures: Mapping[str, Path] | None = None) -> bool:
         """One MLflow run for one network (its NetworkResult or result dict); False (nothing logged) if its
-        FINISHED run already exists."""
+        FINISHED run already exists. `figures`: its PNGs as drawn by the worker ({name: file}, see
+        `figures.network_figures`); without them (or with one missing) they are drawn here."""
         from mlflow.entities import Metric, Param
+        from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
         if isinstance(result, NetworkResult):
             result = result.to_dict()
         key = trial_key(config, self.sweep)
@@ -374,13 +379,16 @@ class Tracker:
                 doc = {"config": dataclasses.asdict(config), "sweep": self.sweep, "trial_key": key,
                        "pack_id": str(pack_id), **result}
                 (tmp / "result.json").write_text(dumps(doc))
-                t0 = time.thread_time()
-                confusion_png(tmp / "confusion_matrix.png", result["confusion_matrix"],
-                              result["confusion_matrix_thresholded"])
-                recall_png(tmp / "per_class_recall.png", result["recall"], result["recall_thresholded"],
-                           result.get("class_counts"))
-                self.figure_cpu_s += time.thread_time() - t0
-                self.client.log_artifacts(run_id, str(tmp))
+                if figures and all(Path(figures.get(n, "")).is_file() for n in NETWORK_FIGURES):
+                    for n in NETWORK_FIGURES:
+                        shutil.copyfile(figures[n], tmp / n)
+                else:
+                    t0 = time.thread_time()
+                    network_figures(tmp, result)
+                    self.figure_cpu_s += time.thread_time() - t0
+                # straight to the run's artifact store: client.log_artifacts would first read the whole
+                # run back (get_run) only to learn the artifact_uri that create_run already returned
+                get_artifact_repository(run.info.artifact_uri, tracking_uri=self.uri).log_artifacts(str(tmp))
         except BaseException:
             try:
                 self.client.set_terminated(run_id, "FAILED")

@@ -7,9 +7,10 @@
 A trial's config is {"pack": [asdict(TrialConfig), ...]}. Both trainables report progress with a Tune
 checkpoint after every step of the pack (CPU: each network; stacked GPU: each phase) and end with one
 report `{"final": True, ...}` whose checkpoint holds every network's result as data (networks.json;
-`pack_results` reads it). The results travel in the checkpoint, not in the reported metrics, so that
-Tune's experiment state (every trial's last result, rewritten as trials finish) stays small at 23,000
-networks. A retried trial (its node lost, `--max-failures`) or a resumed sweep starts from the
+`pack_results` reads it) and each network's two PNGs (figures/<index>/, drawn here on the worker so
+that the driver, which logs every network, does not draw 46,000 of them; `pack_outputs` reads both).
+The results travel in the checkpoint, not in the reported metrics, so that Tune's experiment state
+(every trial's last result, rewritten as trials finish) stays small at 23,000 networks. A retried trial (its node lost, `--max-failures`) or a resumed sweep starts from the
 checkpoint and trains only what was not finished.
 
 Device and stack size are resolved here, on the worker, from the resources Ray gave the trial
@@ -17,6 +18,7 @@ Device and stack size are resolved here, on the worker, from the resources Ray g
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import statistics
@@ -29,10 +31,12 @@ from ray import tune
 from imbalance_core.result import ACCURACY, ACCURACY_THRESHOLDED, AUC, HEADLINE
 from imbalance_core.trial import TrialConfig
 
+from .figures import NETWORK_FIGURES, network_figures
 from .tracking import dumps
 
 CHECKPOINT_RESULTS = "networks.json"   # a pack's checkpoint: {index: result} of its finished networks
 CHECKPOINT_PHASE1 = "phase1.pt"         # and the phase-1 states its unfinished two-phase networks need
+CHECKPOINT_FIGURES = "figures"          # a final checkpoint: each network's PNGs, figures/<index>/<name>
 
 
 def is_final(result: dict) -> bool:
@@ -41,15 +45,31 @@ def is_final(result: dict) -> bool:
     return bool(result.get("final")) or "networks" in result
 
 
+def _results_in(folder) -> list[dict]:
+    saved = json.loads((Path(folder) / CHECKPOINT_RESULTS).read_text())
+    return [saved["done"][str(i)] for i in range(len(saved["pack"]))]
+
+
 def pack_results(result: dict, checkpoint) -> list[dict]:
     """Every network's result, in pack order, from a pack's final report and its checkpoint."""
     if "networks" in result:                       # a sweep started before (its Tune state still holds them)
         n = result["networks"]
         return json.loads(n) if isinstance(n, str) else n
     with checkpoint.as_directory() as d:
-        saved = json.loads((Path(d) / CHECKPOINT_RESULTS).read_text())
-    done = saved["done"]
-    return [done[str(i)] for i in range(len(saved["pack"]))]
+        return _results_in(d)
+
+
+@contextlib.contextmanager
+def pack_outputs(result: dict, checkpoint):
+    """[(result, {figure name: PNG file})] of every network, in pack order, from a pack's final report and
+    its checkpoint; the files exist inside the with block (the trial drew them: `_run_pack`). A sweep
+    started before results and figures travelled in the checkpoint gives no figures (None)."""
+    if "networks" in result:
+        yield [(r, None) for r in pack_results(result, checkpoint)]
+        return
+    with checkpoint.as_directory() as d:
+        yield [(r, {n: Path(d) / CHECKPOINT_FIGURES / str(i) / n for n in NETWORK_FIGURES})
+               for i, r in enumerate(_results_in(d))]
 
 
 def worker_setup(configs: list[TrialConfig]) -> dict:
@@ -102,9 +122,12 @@ def _run_pack(config: dict, runner) -> None:
     resumed_from = len(done)
     last_step: list[int] = []
 
-    def report(metrics: dict, trained: list[int]) -> None:
+    def report(metrics: dict, trained: list[int], final: bool = False) -> None:
         with tempfile.TemporaryDirectory(prefix="pack-ckpt-") as d:
             _save_pack_checkpoint(d, configs, done, phase1)
+            if final:                              # the networks' PNGs, drawn here, where the work is parallel
+                for i, r in done.items():
+                    network_figures(Path(d) / CHECKPOINT_FIGURES / str(i), r)
             tune.report({**metrics, "networks_done": len(done), "n_networks": len(configs), "node_id": node,
                          "resumed_from": resumed_from, "trained_now": trained,
                          "worker_device": setup["device"], "worker_stack": setup["stack"]},
@@ -123,7 +146,8 @@ def _run_pack(config: dict, runner) -> None:
 
     results = runner(configs, done=done, phase1=phase1, on_progress=on_progress,
                      stack=setup["device"].startswith("cuda"), max_stack=setup["stack"])
-    report({"final": True, **{f"{k}_mean": statistics.fmean(r[k] for r in results) for k in HEADLINE}}, last_step)
+    report({"final": True, **{f"{k}_mean": statistics.fmean(r[k] for r in results) for k in HEADLINE}}, last_step,
+           final=True)
 
 
 def train_pack(config: dict) -> None:

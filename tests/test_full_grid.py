@@ -251,26 +251,37 @@ def test_starting_an_existing_sweep_again_needs_resume(sweep, capsys, no_ray):
 HANG = """
 import sys, time
 sys.path.insert(0, sys.argv[1])
-from mlflow.tracking import MlflowClient
-real, calls = MlflowClient.log_artifacts, []
-
-
-def log_artifacts(self, run_id, *a, **k):  # the 2nd network's artifacts: note its run, then hang until killed
-    calls.append(run_id)
-    if len(calls) == 2:
-        open(sys.argv[2], "w").write(run_id)
-        time.sleep(3600)
-    return real(self, run_id, *a, **k)
-
-
-MlflowClient.log_artifacts = log_artifacts
 from sweeps import full_grid
+from sweeps.mlflow_callback import LoggingProcess
+# the driver's logging process runs LOGGER (below) instead of plain _serve: same serving, with the hang
+LoggingProcess.command = [sys.executable, "-c", open(sys.argv[2] + ".logger.py").read(), sys.argv[2]]
 sys.exit(full_grid.main(sys.argv[3:]))
+"""
+
+LOGGER = """
+import sys, time
+from pathlib import Path
+from mlflow.store.artifact.local_artifact_repo import LocalArtifactRepository
+from sweeps.mlflow_callback import _serve
+mark, calls, real = sys.argv[1], [], LocalArtifactRepository.log_artifacts
+
+
+def log_artifacts(self, *a, **k):  # the 2nd network's artifacts: note its run, then hang until killed
+    calls.append(Path(self.artifact_uri).parent.name)         # .../<experiment>/<run id>/artifacts
+    if len(calls) == 2:
+        open(mark, "w").write(calls[-1])
+        time.sleep(3600)
+    return real(self, *a, **k)
+
+
+LocalArtifactRepository.log_artifacts = log_artifacts
+_serve(int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5] == "1")
 """
 
 
 def test_driver_killed_mid_sweep_then_resumed_logs_each_network_once(ray_local, tmp_path, capsys):
-    """A driver process (joined to the running Ray) is killed with SIGKILL while it logs a trial's networks:
+    """A driver process (joined to the running Ray) and its logging process are killed with SIGKILL while
+    they log a trial's networks:
     one network FINISHED in MLflow, the next half-logged (run created, params and metrics, no artifacts),
     the third not at all, the other trial pending or running. `--resume` (here, in-process) must end with
     each of the 6 networks exactly once, complete, and the half-logged run gone."""
@@ -288,6 +299,7 @@ def test_driver_killed_mid_sweep_then_resumed_logs_each_network_once(ray_local, 
             "--storage-path", str(tmp_path / "ray"), "--tracking-uri", uri]
     script, mark = tmp_path / "hang.py", tmp_path / "half-logged-run"
     script.write_text(HANG)
+    Path(str(mark) + ".logger.py").write_text(LOGGER)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     log = open(tmp_path / "driver.log", "wb")
     driver = subprocess.Popen([sys.executable, str(script), str(ROOT), str(mark), *argv,
@@ -301,8 +313,12 @@ def test_driver_killed_mid_sweep_then_resumed_logs_each_network_once(ray_local, 
             time.sleep(0.5)
         time.sleep(0.5)
     finally:
+        import psutil
+        logger = [p for p in psutil.Process(driver.pid).children(recursive=True) if "_serve" in " ".join(p.cmdline())]
         driver.send_signal(signal.SIGKILL)
         driver.wait(timeout=60)
+        for p in logger:                          # the driver's logging process, hung in the 2nd network
+            p.kill()
         log.close()
     half = mark.read_text()
 
@@ -331,3 +347,23 @@ def test_driver_killed_mid_sweep_then_resumed_logs_each_network_once(ray_local, 
     ids = {r.info.run_id for r in runs}
     assert half not in ids and c.get_run(half).info.lifecycle_stage == "deleted"         # the half-logged run is gone
     assert finished.info.run_id in ids                                                     # the complete one was kept
+
+
+def test_progress_counts_the_finished_networks_of_running_packs():
+    """A long pack (9 paper-length networks: about an hour on a CPU) shows its progress before it ends."""
+    from types import SimpleNamespace
+
+    from sweeps.full_grid import Progress
+
+    def trial(i, status, pack, done=None):
+        return SimpleNamespace(trial_id=f"t{i}", status=status, config={"pack": [{}] * pack},
+                               last_result={} if done is None else {"networks_done": done})
+    p = Progress("s", n_trials=4, n_networks=30, every_s=0)
+    p.t0 -= 60
+    trials = [trial(0, "TERMINATED", 9, 9), trial(1, "RUNNING", 9, 4), trial(2, "RUNNING", 9), trial(3, "PENDING", 3)]
+    p.base_networks = 0
+    line = p._line(trials)
+    assert "13/30 networks done (1/4 trials), 2 running, 0 failed" in line, line
+    assert "left" in line and "unknown" not in line
+    trials[1] = trial(1, "ERROR", 9, 4)            # a failed pack's networks are not counted as done
+    assert "9/30 networks done (1/4 trials), 1 running, 1 failed" in p._line(trials)

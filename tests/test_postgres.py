@@ -36,7 +36,7 @@ from pathlib import Path
 
 import pytest
 
-from sweeps import full_grid, tracking
+from sweeps import full_grid
 from sweeps.grids import describe
 from sweeps.tracking import subset_name, trial_key
 from conftest import final_reports  # noqa: E402
@@ -324,7 +324,8 @@ def test_two_sweeps_at_once_each_log_their_networks_exactly_once(server, ray_loc
 def _kill_after_first_logged(monkeypatch, server, restart_after_s: float | None, seen: dict, sweep: str):
     """Kill the server as soon as the first network is in MLflow (more results are still to come);
     start it again `restart_after_s` later (in the background), or leave it away (None)."""
-    real = tracking.Tracker.log_network
+    from sweeps.mlflow_callback import LoggingProcess
+    real = LoggingProcess.log_network                 # the driver's side of its logging process
     done = threading.Event()
 
     def restart():
@@ -345,7 +346,7 @@ def _kill_after_first_logged(monkeypatch, server, restart_after_s: float | None,
                 seen["thread"].start()
         return out
 
-    monkeypatch.setattr(tracking.Tracker, "log_network", log_network)
+    monkeypatch.setattr(LoggingProcess, "log_network", log_network)
 
 
 def test_server_killed_while_results_arrive_loses_nothing(server, ray_local, tmp_path, monkeypatch):

@@ -2,11 +2,14 @@
 
 a) a synthetic result has exactly the shape of a real one (every key, type, list and matrix), for every
    kind of method (one phase, two phases on cached features, a cosine head, a re-initialised head);
-b) a small rehearsal (184 networks, two logging threads) logs every network to MLflow once, marked as a
-   rehearsal (its own experiment, a tag), and the report reads them back; resuming it logs nothing twice.
+b) a small rehearsal (184 networks, two logging processes) logs every network to MLflow once, marked as a
+   rehearsal (its own experiment, a tag), with the PNGs its trials drew (the driver draws none), and the
+   report reads them back; resuming it logs nothing twice.
 """
 from __future__ import annotations
 
+import json
+import re
 import time
 from pathlib import Path
 
@@ -15,6 +18,7 @@ import pytest
 
 from imbalance_core.trial import TrialConfig, run_trials
 from sweeps import full_grid, grids
+from sweeps.figures import network_figures
 from sweeps.report import build_report
 from sweeps.trainable import rehearse_trials
 from sweeps.tracking import REHEARSAL_TAG, trial_key
@@ -57,7 +61,7 @@ def test_synthetic_result_has_the_shape_of_a_real_one():
 
 
 ARGS = ["--preset", "mnist", "--datasets", "mnist-sample", "--rho", "10", "20", "50", "100", "--mu", "0.5", "0.9",
-        "--repetitions", "2", "--log-threads", "2", "--rehearse", "--name", "small"]
+        "--repetitions", "2", "--log-processes", "2", "--rehearse", "--name", "small"]
 
 
 def test_small_rehearsal_logs_every_network_once_and_the_report_reads_them(tmp_path, capsys):
@@ -85,6 +89,15 @@ def test_small_rehearsal_logs_every_network_once_and_the_report_reads_them(tmp_p
     assert all(r.data.tags.get(REHEARSAL_TAG) == "true" and r.info.status == "FINISHED" for r in runs)
     assert {a.path for a in client.list_artifacts(runs[0].info.run_id)} >= {
         "result.json", "confusion_matrix.png", "per_class_recall.png"}
+    # the PNGs were drawn by the trials (in their final checkpoints), none on the driver, and they are
+    # exactly what the driver would have drawn from the network's result
+    driver = re.findall(r"rehearsal driver: .* \+ figures ([\d.]+) s .*; 2 logging processes: CPU ([\d.]+) s "
+                        r"\(figures ([\d.]+) s\)", out)[-1]
+    assert float(driver[0]) == float(driver[2]) == 0.0 and float(driver[1]) > 0, driver
+    local = Path(client.download_artifacts(runs[0].info.run_id, "", str(tmp_path / "artifacts")))
+    redrawn = network_figures(tmp_path / "redrawn", json.loads((local / "result.json").read_text()))
+    for name, path in redrawn.items():
+        assert (local / name).read_bytes() == path.read_bytes(), name
     print(f"\n[rehearsal] {len(expected)} networks in {wall:.0f} s ({len(expected) / wall:.1f} networks/s)")
 
     report = build_report(uri, "small-rehearsal", tmp_path / "report")

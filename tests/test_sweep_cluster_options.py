@@ -114,7 +114,7 @@ def test_help_states_the_default_price(capsys):
     assert "default 1.212" in out and "g5.2xlarge" in out
 
 
-def test_log_threads_below_one_is_refused_before_anything_starts(capsys, tmp_path):
-    rc, out, err = run(["--preset", "quick", "--log-threads", "0", "--storage-path", str(tmp_path)], capsys)
-    assert rc == 2 and "--log-threads 0 is not allowed: need an integer >= 1" in err, err
+def test_log_processes_below_one_is_refused_before_anything_starts(capsys, tmp_path):
+    rc, out, err = run(["--preset", "quick", "--log-processes", "0", "--storage-path", str(tmp_path)], capsys)
+    assert rc == 2 and "--log-processes 0 is not allowed: need an integer >= 1" in err, err
     assert not (tmp_path / "quick").exists()
