@@ -279,6 +279,19 @@ _serve(int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5] == "1")
 """
 
 
+def _processes() -> list[tuple[int, int, str]]:
+    """(pid, parent pid, command line) of every process, from /proc."""
+    out = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                ppid = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
+                out.append((int(d.name), ppid, (d / "cmdline").read_bytes().replace(b"\0", b" ").decode()))
+            except (OSError, ValueError, IndexError):
+                pass
+    return out
+
+
 def test_driver_killed_mid_sweep_then_resumed_logs_each_network_once(ray_local, tmp_path, capsys):
     """A driver process (joined to the running Ray) and its logging process are killed with SIGKILL while
     they log a trial's networks:
@@ -313,12 +326,11 @@ def test_driver_killed_mid_sweep_then_resumed_logs_each_network_once(ray_local, 
             time.sleep(0.5)
         time.sleep(0.5)
     finally:
-        import psutil
-        logger = [p for p in psutil.Process(driver.pid).children(recursive=True) if "_serve" in " ".join(p.cmdline())]
+        logger = [pid for pid, ppid, cmd in _processes() if ppid == driver.pid and "_serve" in cmd]
         driver.send_signal(signal.SIGKILL)
         driver.wait(timeout=60)
-        for p in logger:                          # the driver's logging process, hung in the 2nd network
-            p.kill()
+        for pid in logger:                        # the driver's logging process, hung in the 2nd network
+            os.kill(pid, signal.SIGKILL)
         log.close()
     half = mark.read_text()
 
