@@ -5,7 +5,7 @@
    draws them into its final checkpoint (on the worker, in parallel); `sweeps.tracking` logs them with
    each network's MLflow run (and draws them there only for a network whose checkpoint has none).
 2. The report figures of a finished sweep (`REPORT_FIGURES`: AUC vs rho, mu x rho heat maps, accuracy
-   vs rho, partial sampling), drawn with matplotlib from the aggregated rows of `sweeps.report`.
+   vs rho, partial sampling, methods ranked per cell), drawn with matplotlib from the aggregated rows of `sweeps.report`.
 
 matplotlib is imported on first use of a report figure only (the sweep driver, and the Ray workers that
 import the driver's module, never need it).
@@ -602,5 +602,63 @@ def fig_partial(dataset: str, rows: list[dict], out: Path) -> Path | str:
     return out
 
 
+RANKED_METRICS = (("auc", "ROC AUC"), ("accuracy", "accuracy"), ("accuracy_posthoc_best", "best post-hoc accuracy"))
+RANKED_MAX_CELLS = 4
+
+
+def ranked_cells(rows: list[dict]) -> dict[tuple, list[dict]]:
+    """{(imbalance, rho, mu): its rows of whole (non-partial) methods, best mean AUC first} for every cell
+    with at least 3 such methods: the methods side by side (`fig_ranked`, report.py's ranked.md)."""
+    cells: dict[tuple, list[dict]] = {}
+    for r in rows:
+        if not is_partial(r["method"]) and r["auc_mean"] is not None:
+            cells.setdefault((r["imbalance"], r["rho"], r["mu"]), []).append(r)
+    return {c: sorted(rs, key=lambda r: (-r["auc_mean"], method_rank(r["method"])))
+            for c, rs in sorted(cells.items(), key=lambda kv: (kv[0][0], kv[0][1] or 0, kv[0][2] or 0))
+            if len(rs) >= 3}
+
+
+def fig_ranked(dataset: str, rows: list[dict], out: Path) -> Path | str:
+    """Every method of a cell side by side, ranked by mean AUC: mean and 95% interval of AUC, accuracy and
+    best post-hoc accuracy (one row of panels per cell; the shaded band is the interval of the best method
+    in that metric)."""
+    cells = ranked_cells(rows)
+    if not cells:
+        return "needs a cell with >= 3 whole (non-partial) methods"
+    if len(cells) > RANKED_MAX_CELLS:
+        return f"{len(cells)} cells with >= 3 methods (drawn for at most {RANKED_MAX_CELLS}); see ranked.md"
+    plt = _pyplot()
+    colors = _colors({r["method"] for rs in cells.values() for r in rs})
+    n_methods = max(len(rs) for rs in cells.values())
+    fig, axes = plt.subplots(len(cells), len(RANKED_METRICS), squeeze=False,
+                             figsize=(4.0 * len(RANKED_METRICS), 0.8 + 0.32 * n_methods * len(cells)))
+    for row_axes, ((imb, rho, mu), rs) in zip(axes, cells.items()):
+        y = list(range(len(rs)))[::-1]                       # the best at the top
+        for ax, (metric, label) in zip(row_axes, RANKED_METRICS):
+            top = max((r for r in rs if r[f"{metric}_mean"] is not None), key=lambda r: r[f"{metric}_mean"],
+                      default=None)
+            if top is not None and top[f"{metric}_ci95"] is not None:
+                lo = top[f"{metric}_mean"] - top[f"{metric}_ci95"]
+                ax.axvspan(lo, top[f"{metric}_mean"] + top[f"{metric}_ci95"], color="0.9", lw=0)
+            for yi, r in zip(y, rs):
+                m, ci = r[f"{metric}_mean"], r[f"{metric}_ci95"]
+                if m is None:
+                    continue
+                ax.errorbar([m], [yi], xerr=None if ci is None else [[ci], [ci]], fmt="o", ms=4, capsize=2,
+                            color=colors[r["method"]])
+            ax.set_yticks(y, [f"{method_label(r['method'])} (n={r['n']})" for r in rs], fontsize=7)
+            ax.set_xlabel(f"{label} (x100)", fontsize=8)
+            ax.tick_params(axis="x", labelsize=7)
+            ax.grid(True, axis="x", alpha=0.3)
+        row_axes[0].set_title(f"{dataset}: {imb}, rho={fmt_num(rho)}, mu={fmt_num(mu)}", fontsize=9, loc="left")
+    fig.suptitle("Methods ranked by mean AUC: mean and 95% interval over repetitions\n"
+                 "(grey: the best method's interval in each metric; an interval reaching into it is not resolved from it)",
+                 fontsize=9)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return out
+
+
 REPORT_FIGURES = (("auc_vs_rho", fig_auc_vs_rho), ("heatmap_auc", fig_heatmaps),
-           ("accuracy_vs_rho", fig_accuracy_vs_rho), ("partial_sampling", fig_partial))
+           ("accuracy_vs_rho", fig_accuracy_vs_rho), ("partial_sampling", fig_partial), ("ranked", fig_ranked))

@@ -37,7 +37,7 @@ from mlflow.tracking import MlflowClient
 from scipy.stats import t as student_t
 
 from imbalance_core.result import ACCURACY, AUC, HEADLINE
-from sweeps.figures import REPORT_FIGURES, fmt_num, method_rank
+from sweeps.figures import RANKED_METRICS, REPORT_FIGURES, fmt_num, method_label, method_rank, ranked_cells
 
 METRICS = HEADLINE          # the per-network metrics summarised (imbalance_core/result.py)
 KEY_FIELDS = ("dataset", "imbalance", "rho", "mu", "method", "level", "lr")
@@ -218,12 +218,60 @@ def write_markdown(sweep: str, tracking_uri: str, n_runs: int, rows: list[dict],
             r["dataset"], r["imbalance"], fmt_num(r["rho"]), fmt_num(r["mu"]), r["method"],
             fmt_num(r["level"]) or "—", fmt_num(r["lr"]) or "default", str(r["n"]),
             *(_pm(r, m) for m in METRICS)]) + " |")
-    lines += ["", "## Figures", ""]
+    lines += ["", "Methods ranked per cell, with 95% intervals: [ranked.md](ranked.md).", "", "## Figures", ""]
     lines += [f"- [{p.name}]({p.name})" for p in figures] or ["- (none)"]
     if skipped:
         lines += ["", "## Skipped figures", ""]
         lines += [f"- `{name}`: {why}" for name, why in skipped.items()]
     path.write_text("\n".join(lines) + "\n")
+
+
+def _ci(row: dict, metric: str) -> str:
+    m, c = row[f"{metric}_mean"], row[f"{metric}_ci95"]
+    return "—" if m is None else f"{m:.2f} ± {c:.2f}" if c is not None else f"{m:.2f}"
+
+
+def resolved(a: dict, b: dict, metric: str) -> bool | None:
+    """Whether the 95% intervals of two rows' means are apart (None: a row or its interval is missing, n = 1)."""
+    if a is None or b is None:
+        return None
+    ma, ca, mb, cb = a[f"{metric}_mean"], a[f"{metric}_ci95"], b[f"{metric}_mean"], b[f"{metric}_ci95"]
+    if None in (ma, ca, mb, cb):
+        return None
+    return abs(ma - mb) > ca + cb
+
+
+def ranked_markdown(sweep: str, rows: list[dict]) -> str:
+    """ranked.md: per cell with >= 3 whole methods (figures.ranked_cells), the methods ranked by mean AUC
+    with the 95% interval of each mean, and, per metric, which are not resolved from the best one."""
+    lines = [f"# Sweep `{sweep}`: methods ranked per cell", "",
+             "Ranked by mean AUC. Each value is the mean over repetitions ± the half-width of its 95% Student-t "
+             "interval (x100). Per metric, ≈ marks a method whose interval overlaps the best method's "
+             "(the difference is inside the intervals: not resolved by these repetitions), < one whose "
+             "interval lies wholly below it. `best post-hoc` is chosen on the test set: an oracle bound.", ""]
+    for (imb, rho, mu), rs in ranked_cells(rows).items():
+        ds = rs[0]["dataset"]
+        best = {m: max((r for r in rs if r[f"{m}_mean"] is not None), key=lambda r: r[f"{m}_mean"], default=None)
+                for m, _ in RANKED_METRICS}
+        lines += [f"## {ds}: {imb}, rho {fmt_num(rho)}, mu {fmt_num(mu)}", "",
+                  "| rank | method | n | " + " | ".join(label for _, label in RANKED_METRICS) + " |",
+                  "|---|---|---|" + "---|" * len(RANKED_METRICS)]
+        for i, r in enumerate(rs, 1):
+            marks = []
+            for m, _ in RANKED_METRICS:
+                apart = None if r is best[m] else resolved(r, best[m], m)
+                marks.append(_ci(r, m) + ("" if r is best[m] else {True: " <", False: " ≈", None: ""}[apart]))
+            lines.append(f"| {i} | {method_label(r['method'])} | {r['n']} | " + " | ".join(marks) + " |")
+        lines.append("")
+        for m, label in RANKED_METRICS:
+            if best[m] is None:
+                continue
+            inside = [method_label(r["method"]) for r in rs if r is not best[m] and resolved(r, best[m], m) is False]
+            below = [method_label(r["method"]) for r in rs if r is not best[m] and resolved(r, best[m], m)]
+            lines.append(f"- {label}: best {method_label(best[m]['method'])}; inside its interval (not resolved): "
+                         f"{', '.join(inside) or 'none'}; below it: {', '.join(below) or 'none'}.")
+        lines.append("")
+    return "\n".join(lines)
 
 
 # ------------------------------------------------------------------------------------------- API
@@ -259,12 +307,13 @@ def build_report(tracking_uri: str, sweep_name: str, out_dir: str | Path | None 
             else:
                 skipped[target.name] = res
                 target.unlink(missing_ok=True)      # no stale figure from an earlier report
-    csv_path, md_path = out / "results.csv", out / "results.md"
+    csv_path, md_path, ranked_path = out / "results.csv", out / "results.md", out / "ranked.md"
     write_csv(rows, csv_path)
     write_markdown(sweep_name, tracking_uri, len(runs), rows, figures, skipped, md_path)
+    ranked_path.write_text(ranked_markdown(sweep_name, plot_rows))
     return {"experiment_id": experiment_id, "n_runs": len(runs), "n_groups": len(rows), "out_dir": out,
             "results_csv": csv_path, "results_md": md_path, "networks_csv": networks_csv, "figures": figures,
-            "skipped": skipped}
+            "skipped": skipped, "ranked_md": ranked_path}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -180,7 +180,9 @@ def test_figures_markdown_and_nothing_skipped(store, tmp_path):
     names = sorted(p.name for p in res["figures"])
     assert names == sorted(["auc_vs_rho_mnist.png", "heatmap_auc_mnist.png",
                             "accuracy_vs_rho_mnist.png", "partial_sampling_mnist.png"])
-    assert res["skipped"] == {}
+    assert list(res["skipped"]) == ["ranked_mnist.png"]          # too many cells to draw: ranked.md has them
+    assert "see ranked.md" in res["skipped"]["ranked_mnist.png"]
+    assert res["ranked_md"].read_text().count("\n## mnist: ") == len(STEP_MUS) * len(STEP_RHOS) + len(LINEAR_RHOS)
     for p in res["figures"]:
         assert Path(p).parent == tmp_path / "out"
         assert_png(p)
@@ -200,7 +202,7 @@ def test_skipped_figures_are_reported(store, tmp_path):
     assert res["n_runs"] == len(store["tiny_configs"])
     assert res["figures"] == []
     assert set(res["skipped"]) == {"auc_vs_rho_mnist.png", "heatmap_auc_mnist.png",
-                                   "accuracy_vs_rho_mnist.png", "partial_sampling_mnist.png"}
+                                   "accuracy_vs_rho_mnist.png", "partial_sampling_mnist.png", "ranked_mnist.png"}
     assert "2 mu" in res["skipped"]["heatmap_auc_mnist.png"]
     assert not list(out.glob("*.png"))
     md = (out / "results.md").read_text()
@@ -305,3 +307,29 @@ def test_results_csv_has_the_95_percent_interval_of_each_mean(store, tmp_path):
     aucs = [fake_metrics(contract_config(rho=10.0, mu=0.1, seed=s))["auc"] for s in SEEDS]
     # t_{0.975, 2} = 4.302652729...: the half-width of the 95% interval of a mean of 3 runs
     assert float(row["auc_ci95"]) == pytest.approx(4.302652729 * statistics.stdev(aucs) / 3 ** 0.5, rel=1e-6)
+
+
+def test_methods_ranked_with_intervals_say_which_differences_are_resolved(tmp_path):
+    """ranked.md and the ranked figure of one cell: methods by mean AUC, each mean with its 95% interval;
+    a method whose interval overlaps the best's is marked not resolved (≈), one wholly below it (<)."""
+    from sweeps.figures import fig_ranked
+    runs = []
+    for method, aucs in (("baseline", (90.0, 91.0, 92.0)), ("ros", (96.0, 97.0, 98.0)),
+                         ("rus", (95.0, 96.5, 98.0)), ("la-loss", (96.5, 97.5, 98.5))):
+        for seed, auc in enumerate(aucs):
+            runs.append({"dataset": "mnist", "imbalance": "step", "rho": 1000.0, "mu": 0.5, "method": method,
+                         "level": None, "lr": None, "seed": seed, "auc": auc, "accuracy": auc - 20,
+                         "accuracy_thresholded": auc - 5, "accuracy_posthoc_best": auc - 4})
+    rows = report.aggregate(runs)
+    md = report.ranked_markdown("s", rows)
+    table = [ln for ln in md.splitlines() if ln.startswith("| ") and ln[2].isdigit()]
+    assert [ln.split(" | ")[1] for ln in table] == ["LA loss", "ROS", "RUS", "baseline"]   # by mean AUC
+    ci = 4.302652729911275 * 1.0 / 3 ** 0.5                 # t(0.975, 2) * std / sqrt(n), baseline's AUC
+    assert f"| 4 | baseline | 3 | 91.00 ± {ci:.2f} < |" in md
+    assert "| 2 | ROS | 3 | 97.00 ± " in md and table[1].split(" | ")[3].endswith(" ≈")
+    assert "- ROC AUC: best LA loss; inside its interval (not resolved): ROS, RUS; below it: baseline." in md
+    assert report.resolved(rows[0], rows[1], "auc") in (True, False)
+    out = fig_ranked("mnist", rows, tmp_path / "ranked.png")
+    assert out == tmp_path / "ranked.png"
+    assert_png(out)
+    assert "3 whole" in fig_ranked("mnist", [r for r in rows if r["method"] in ("ros", "rus")], tmp_path / "x.png")
