@@ -390,6 +390,7 @@ STANDING_DEVIATIONS = (
 
 def deviations(runs: list[dict]) -> list[str]:
     """Every way the runs differ from the paper's protocol (STUDY.md), read from their MLflow params."""
+    from imbalance_core.specs import get as dataset_spec
     from imbalance_core.train import SCHEDULES
     from sweeps.grids import CIFAR10_MUS, CIFAR10_RHOS, MNIST_MUS, MNIST_RHOS
 
@@ -406,10 +407,18 @@ def deviations(runs: list[dict]) -> list[str]:
         if sched and its != [sched.iterations]:
             out.append(f"{ds}: {', '.join(f'{i:,}' for i in its)} iterations per phase instead of the paper's "
                        f"{sched.iterations:,} ({max(its) / sched.iterations:.0%} of its budget at most)")
-        for field, what in (("batch_size", "batch size"), ("n_per_class", "examples per class before imbalance")):
-            vals = sorted({r.get(field) for r in rs if r.get(field) is not None})
+        try:
+            spec_n = dataset_spec(ds).n_per_class
+        except (KeyError, ValueError):
+            spec_n = None
+        # the runs log the batch size they trained with (and n_per_class when it was overridden): only a
+        # value other than the paper's is a deviation
+        for field, what, theirs in (("batch_size", "batch size", sched.batch_size if sched else None),
+                                    ("n_per_class", "examples per class before imbalance", spec_n)):
+            vals = sorted({r.get(field) for r in rs if r.get(field) is not None and r.get(field) != theirs})
             if vals:
-                out.append(f"{ds}: {what} set to {', '.join(f'{v:g}' for v in vals)} instead of the paper's")
+                out.append(f"{ds}: {what} set to {', '.join(f'{v:g}' for v in vals)} instead of the paper's"
+                           + (f" {theirs:g}" if theirs is not None else ""))
         if ds in paper:
             rhos, mus, reps = paper[ds]
             seeds = defaultdict(set)

@@ -198,6 +198,12 @@ def test_deviations_name_every_difference_from_the_protocol(tmp_path):
     assert "892 images per class" in text                      # the standing deviations too
     full = [dict(r, iterations=None, seed=s) for r in runs for s in range(50)]
     assert not any("iterations per phase" in d or "repetitions" in d for d in deviations(full))
+    # runs log the batch size they trained with: the paper's 64 is no deviation, another one is
+    assert not any("batch size" in d for d in deviations([dict(r, batch_size=64.0) for r in runs]))
+    assert "mnist: batch size set to 128 instead of the paper's 64" in deviations(
+        [dict(r, batch_size=128.0) for r in runs])
+    assert "mnist: examples per class before imbalance set to 500 instead of the paper's 5000" in deviations(
+        [dict(r, n_per_class=500.0) for r in runs])
     write_markdown(findings(aggregate([dict(r, auc=99.0, accuracy=98.0, accuracy_thresholded=98.5, run_id="x",
                                             run_name="x") for r in runs])), "demo", tmp_path / "f.md", runs=runs)
     page = (tmp_path / "f.md").read_text()
