@@ -173,7 +173,7 @@ class MlflowLogger(tune.Callback):
     def __init__(self, tracking_uri: str, sweep: str, retry_s: float = DEFAULT_TRACKING_RETRY_S,
                  rehearsal: bool = False, threads: int = 1):
         self.tracking_uri, self.sweep, self.retry_s, self.rehearsal = tracking_uri, sweep, retry_s, rehearsal
-        self.threads = max(1, int(threads))       # logging threads, each taking the next finished pack
+        self.threads = max(1, int(threads))       # logging threads, each driving one LoggingProcess
         self._queue: queue.Queue | None = None
         self._threads: list[threading.Thread] = []
         self.trackers: list = []
