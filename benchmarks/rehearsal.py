@@ -7,7 +7,8 @@ FULL_GRID_ARGS default to `--preset mnist --data-dir ../shared/data` (23,000 net
 e.g. `-- --preset mnist --data-dir ../shared/data --rho 10 100` for a slice. The driver runs as its own
 process (its own session and Ray temp dir), is SIGKILLed once `--kill-at` of the networks are in MLflow
 (0: never), and is then run again with `--resume`. Prints, as rates and ratios:
-  wall time (first run, resumed run, total); networks logged per second (first run, overall); the target
+  wall time (first run, resumed run, total), with the machine's CPU of each run split by process (the
+  driver, its logging processes, the trial workers, Ray's own); networks logged per second (first run, overall); the target
   rate (the whole grid in 30 minutes); driver CPU split (MLflow logging / figures / Tune and the rest, from
   the driver's own `rehearsal driver:` lines) and peak memory; Tune state and MLflow store sizes; time to
   restore on --resume; runs in MLflow vs networks (each exactly once); report.py and findings.py times.
@@ -28,6 +29,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+TICKS = os.sysconf("SC_CLK_TCK")
 PY = sys.executable
 TARGET_S = 30 * 60                    # the whole rehearsal of the mnist preset in 30 minutes here
 
@@ -70,6 +72,60 @@ def kill_group(proc: subprocess.Popen, ray_tmp: Path) -> None:
                 pass
 
 
+def _stat(pid: str) -> tuple[int, float, str] | None:
+    """(start time in ticks, CPU seconds, command line) of a process, from /proc."""
+    try:
+        f = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except (OSError, IndexError):
+        return None
+    return int(f[19]), (int(f[11]) + int(f[12])) / TICKS, cmd
+
+
+def kind(pid: int, driver: int, cmd: str) -> str:
+    """Which part of the rehearsal a process is."""
+    if pid == driver:
+        return "driver (Tune)"
+    if "_serve" in cmd:
+        return "MLflow logging processes"
+    if cmd.startswith("ray::"):
+        return "trial workers"
+    return "Ray's own (raylet, GCS, agents)" if any(k in cmd for k in ("raylet", "gcs_server", "ray/", "ray.")) \
+        else "other"
+
+
+class CpuByProcess:
+    """CPU seconds of every process started since this object was made (the driver, its logging processes,
+    Ray's), by `kind`; sampled every call of `sample` (a process that exits between samples loses its
+    last interval), and the whole machine's CPU over the same time (/proc/stat)."""
+
+    def __init__(self, driver: int):
+        self.driver, self.cpu, self.kinds = driver, {}, {}
+        self.t0 = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19]
+        self.machine0 = self._machine()
+
+    @staticmethod
+    def _machine() -> float:
+        f = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+        return (sum(map(int, f)) - int(f[3]) - int(f[4])) / TICKS      # all but idle and iowait
+
+    def sample(self) -> None:
+        for pid in (p for p in os.listdir("/proc") if p.isdigit()):
+            st = _stat(pid)
+            if st and st[0] >= int(self.t0):
+                self.cpu[pid] = st[1]
+                self.kinds.setdefault(pid, kind(int(pid), self.driver, st[2]))
+        self.machine = self._machine() - self.machine0
+
+    def line(self) -> str:
+        by: dict[str, float] = {}
+        for pid, c in self.cpu.items():
+            by[self.kinds[pid]] = by.get(self.kinds[pid], 0.0) + c
+        total = max(self.machine, 1e-9)
+        return f"{self.machine:.0f} s of CPU on the machine = " + ", ".join(
+            f"{k} {v:.0f} s ({v / total:.0%})" for k, v in sorted(by.items(), key=lambda kv: -kv[1]))
+
+
 def run_driver(args: list[str], env: dict, log: Path, db: Path, kill_after: int | None, ray_tmp: Path) -> dict:
     """Run full_grid.py; kill it once `kill_after` runs are in MLflow. Returns timings and its output."""
     t0 = time.monotonic()
@@ -90,13 +146,16 @@ def run_driver(args: list[str], env: dict, log: Path, db: Path, kill_after: int 
     reader = threading.Thread(target=read, daemon=True)
     reader.start()
     killed = False
+    cpu = CpuByProcess(proc.pid)
     while proc.poll() is None:
-        time.sleep(2)
+        time.sleep(1)
+        cpu.sample()
         if kill_after is not None and finished_runs(db) >= kill_after:
             kill_group(proc, ray_tmp)
             killed = True
     reader.join(10)
-    out.update(rc=proc.returncode, killed=killed, wall_s=time.monotonic() - t0, logged=finished_runs(db))
+    out.update(rc=proc.returncode, killed=killed, wall_s=time.monotonic() - t0, logged=finished_runs(db),
+               cpu=cpu.line())
     return out
 
 
@@ -143,11 +202,11 @@ def main(argv: list[str] | None = None) -> int:
     kill_after = int(n * a.kill_at) if 0 < a.kill_at < 1 else None
     first = run_driver(args, env, log, db, kill_after, ray_tmp)
     end = "killed (SIGKILL)" if first["killed"] else f"exit {first['rc']}"
-    print(f"first run: {first['wall_s']:.0f} s, {first['logged']:,} networks in MLflow, {end}")
+    print(f"first run: {first['wall_s']:.0f} s, {first['logged']:,} networks in MLflow, {end}; {first['cpu']}")
     second = None
     if first["killed"]:
         second = run_driver([*args, "--resume"], env, log, db, None, ray_tmp)
-        print(f"resumed run: {second['wall_s']:.0f} s, exit {second['rc']}")
+        print(f"resumed run: {second['wall_s']:.0f} s, exit {second['rc']}; {second['cpu']}")
     total_s = first["wall_s"] + (second["wall_s"] if second else 0)
 
     with sqlite3.connect(db) as con:

@@ -1,7 +1,8 @@
 """The MLflow side of a sweep, on the driver: each finished network becomes one MLflow run, exactly once.
 
-    MlflowLogger    a Tune callback: logs every network of a trial's final report as it arrives
-    reconcile       after the sweep (or on --resume): logs whatever finished but is not in MLflow
+    MlflowLogger    a Tune callback: logs every network of a trial's final report as it arrives, and at the
+                    end of the run every finished network MLflow lacks (a driver killed before logging it)
+    reconcile       after the sweep: logs what the logger could not (MLflow away past its bound, errors)
 
 Both go through one idempotent path, `tracking.Tracker.log_network` (a network whose FINISHED run exists
 is not logged again; a half-logged run of a killed driver is replaced).
@@ -58,19 +59,16 @@ class DriverCost:
 
 
 def _serve(fd: int, uri: str, sweep: str, rehearsal: bool) -> None:
-    """A logging process (`LoggingProcess`): its own Tracker (and store connection); logs each network it is
-    sent and replies (ok, value or error, CPU seconds, figure CPU seconds). Ends on None or when the driver
-    is gone (its end of the socket closed)."""
+    """A logging process (`LoggingProcess`): its own Tracker (and store connection) with the index of MLflow's
+    runs the driver sends first; logs each network it is sent and replies (ok, value or error, CPU seconds,
+    figure CPU seconds). Ends on None or when the driver is gone (its end of the socket closed)."""
     from multiprocessing.connection import Connection
 
     from .tracking import Tracker, is_transient
     conn = Connection(fd)
     try:
         tracker = Tracker(uri, sweep, rehearsal)
-        try:                                      # what MLflow holds, read once (none for a new sweep)
-            tracker.index_runs()
-        except Exception:  # noqa: BLE001 - the server is away: each network is looked up (with retries)
-            tracker._index = None
+        tracker.use_index(conn.recv())            # read once by the driver (None: each network is looked up)
         conn.send(("ready", None))
     except Exception as e:  # noqa: BLE001 - the driver raises it
         conn.send(("failed", f"{type(e).__name__}: {e}"))
@@ -95,18 +93,20 @@ class LoggingProcess:
     inserts, ~60 ms of CPU per network on sqlite) leaves the driver's Python thread to Tune, and several
     of them log in parallel (`--log-processes`). Its errors come back as ConnectionError (an outage, which
     `Patience` retries) or RuntimeError, with the original type and message. The child is a fresh
-    interpreter (`command`) that imports only this package, talking over a socket pair."""
+    interpreter (`command`) that imports only this package, talking over a socket pair. `index`: what MLflow
+    holds (`Tracker.index_runs`, read once by the driver); a replacement for a dead process gets None (its
+    predecessor's logging is not in it), so it looks each network up."""
 
     command = [sys.executable, "-c", "import sys; from sweeps.mlflow_callback import _serve; "
                                      "_serve(int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4] == '1')"]
 
-    def __init__(self, uri: str, sweep: str, rehearsal: bool):
+    def __init__(self, uri: str, sweep: str, rehearsal: bool, index: dict | None = None):
         self.args = [uri, sweep, "1" if rehearsal else "0"]
         self.cpu_s = self.figure_cpu_s = 0.0
         self.restarts = 0
-        self._start()
+        self._start(index)
 
-    def _start(self) -> None:
+    def _start(self, index: dict | None = None) -> None:
         import socket
         import subprocess
         from multiprocessing.connection import Connection
@@ -118,12 +118,16 @@ class LoggingProcess:
         theirs.close()
         self._conn = Connection(ours.detach())
         self._ready = False
+        try:
+            self._conn.send(index)
+        except OSError:                           # it died at once: wait_ready says why
+            pass
 
     def wait_ready(self) -> None:
         if not self._ready:
             try:
                 kind, why = self._conn.recv()
-            except EOFError:
+            except (EOFError, OSError):             # it exited (unread data of ours: connection reset)
                 kind, why = "failed", f"it exited with code {self.proc.wait()}"
             if kind != "ready":
                 raise RuntimeError(f"the MLflow logging process could not start: {why}")
@@ -133,7 +137,7 @@ class LoggingProcess:
         if self.proc.poll() is not None:          # it died (killed, out of memory): a new one
             self._conn.close()
             self.restarts += 1
-            self._start()
+            self._start(None)
         self.wait_ready()
         try:
             self._conn.send((config, result, pack_id, figures and {k: str(v) for k, v in figures.items()}))
@@ -180,6 +184,8 @@ class MlflowLogger(tune.Callback):
         self._lock = threading.Lock()
         self.waiting = 0                          # networks reported but not yet through logging
         self.logged: set[str] = set()             # trial_keys logged (or found logged) by this session
+        self.known: set[str] | None = None        # trial_keys FINISHED in MLflow when this session started
+        self._sent: set[str] = set()              # trial_ids whose final report was queued this session
         self.cpu_s = 0.0                          # CPU time of the logging threads, in the driver
         self._final: dict[str, dict] = {}         # trial_id -> its final report, until its checkpoint arrives
         self.patience = Patience(retry_s, self._say)
@@ -210,8 +216,13 @@ class MlflowLogger(tune.Callback):
     def setup(self, **info):
         from .tracking import Tracker
         uri = _TRACKING_URIS.get(self.sweep, self.tracking_uri)
-        Tracker(uri, self.sweep, self.rehearsal)  # the experiment exists (and the store answers) before they start
-        self.trackers = [LoggingProcess(uri, self.sweep, self.rehearsal) for _ in range(self.threads)]
+        tracker = Tracker(uri, self.sweep, self.rehearsal)  # the experiment exists (and the store answers) first
+        try:                                      # what MLflow holds, read once for all (none for a new sweep)
+            index = tracker.index_runs()
+            self.known = {k for k, runs in index.items() if any(s == "FINISHED" for _, s in runs)}
+        except Exception:  # noqa: BLE001 - the server is away: each network is looked up (with retries)
+            index = self.known = None
+        self.trackers = [LoggingProcess(uri, self.sweep, self.rehearsal, index) for _ in range(self.threads)]
         _LOGGERS[self.sweep] = self
         self._queue = queue.Queue()
         self._threads = [threading.Thread(target=self._work, args=(t, n), name=f"mlflow-logger-{n}", daemon=True)
@@ -236,9 +247,15 @@ class MlflowLogger(tune.Callback):
                         self.waiting -= len(packed)
                 for d, (r, figures) in zip(packed, networks):
                     c = TrialConfig.from_dict(d)
+                    key = trial_key(c, self.sweep)
+                    if key in self.logged or (self.known is not None and key in self.known):
+                        with self._lock:              # in MLflow already (a resumed sweep's re-run trial)
+                            self.waiting -= 1
+                            self.logged.add(key)
+                        continue
                     try:
                         self.patience.call(lambda: tracker.log_network(c, r, trial_id, figures), describe(c))
-                        self.logged.add(trial_key(c, self.sweep))
+                        self.logged.add(key)
                     except TrackingUnavailable:
                         pass                          # said once by Patience; named at the end
                     except Exception as e:  # noqa: BLE001 - never stop the sweep for a logging failure
@@ -254,22 +271,43 @@ class MlflowLogger(tune.Callback):
                 print(f"[sweep {self.sweep}] rehearsal {cost.line(self)}; {len(self.logged)} networks logged, "
                       f"{self.waiting} waiting", flush=True)
 
+    def _put(self, trial, result: dict, checkpoint) -> None:
+        self._sent.add(trial.trial_id)
+        self._queue.put((trial.trial_id, trial.config["pack"], result, checkpoint))
+
     def on_trial_result(self, iteration, trials, trial, result, **info):
         if is_final(result):
             with self._lock:
                 self.waiting += len(trial.config["pack"])
             if "networks" in result:                # a sweep started before results moved to the checkpoint
-                self._queue.put((trial.trial_id, trial.config["pack"], result, None))
+                self._put(trial, result, None)
             else:                                   # its checkpoint comes next (on_checkpoint)
                 self._final[trial.trial_id] = result
 
     def on_checkpoint(self, iteration, trials, trial, checkpoint, **info):
         result = self._final.pop(trial.trial_id, None)
         if result is not None:                      # the final report's checkpoint: every network's result
-            self._queue.put((trial.trial_id, trial.config["pack"], result, checkpoint))
+            self._put(trial, result, checkpoint)
+
+    def _unlogged(self, trials) -> list:
+        """Trials that finished in an earlier session (not reported in this one) with networks that MLflow
+        did not hold when this session started: their driver was stopped before it logged them."""
+        from .tracking import trial_key
+        if self.known is None:                      # MLflow was away at the start: the reconciliation checks
+            return []
+        return [t for t in trials if t.trial_id not in self._sent and is_final(t.last_result or {})
+                and not all(trial_key(TrialConfig.from_dict(d), self.sweep) in self.known for d in t.config["pack"])]
 
     def on_experiment_end(self, trials, **info):
         if self._threads:
+            if missing := self._unlogged(trials):   # logged as any other: in parallel, with the trials' figures
+                n = sum(len(t.config["pack"]) for t in missing)
+                print(f"[sweep {self.sweep}] {len(missing)} trials that finished before this run have networks "
+                      f"missing from MLflow (their driver stopped before logging them): logging them", flush=True)
+                with self._lock:
+                    self.waiting += n
+                for t in missing:
+                    self._put(t, t.last_result, t.checkpoint)
             if self.waiting:
                 print(f"[sweep {self.sweep}] training done; {self.waiting} networks still to log to MLflow"
                       + (f" (retrying while it is away, at most {self.retry_s:g} s)"
@@ -288,6 +326,10 @@ def reconcile(tracker, sweep: str, done: list[tuple[TrialConfig, dict, str]], re
     between a trial's end and its logging, and logging errors during the sweep. (logged, errors)."""
     from .tracking import TrackingUnavailable, trial_key
     logger = _LOGGERS.get(sweep)
+    if logger is not None and logger.known is not None:   # no need to read every run back: the logger knows
+        done = [x for x in done if (k := trial_key(x[0], sweep)) not in logger.logged and k not in logger.known]
+        if not done:
+            return 0, []
     patience = logger.patience if logger else Patience(retry_s, lambda m: print(f"[sweep {sweep}] {m}"))
     logged, log_errors = 0, []
     try:

@@ -306,14 +306,21 @@ class Tracker:
         return {r.data.tags["trial_key"] for r in self._runs("attributes.status = 'FINISHED'")
                 if "trial_key" in r.data.tags}
 
-    def index_runs(self) -> None:
+    def index_runs(self) -> dict[str, list[tuple[str, str]]]:
         """Read trial_key -> [(run_id, status)] of every active run once, so that log_network needs no search
-        per network. Only for a Tracker that is its sweep's one writer (the driver's logging thread)."""
+        per network; returns it. Only for a Tracker whose sweep has no other writer of those keys (each of
+        the driver's logging processes logs its own networks: `use_index` gives each a copy)."""
         index: dict[str, list[tuple[str, str]]] = {}
         for r in self._runs(""):
             if "trial_key" in r.data.tags:
                 index.setdefault(r.data.tags["trial_key"], []).append((r.info.run_id, r.info.status))
         self._index = index
+        return index
+
+    def use_index(self, index: dict[str, list[tuple[str, str]]] | None) -> None:
+        """Take an index read by `index_runs` (of another Tracker: the driver reads it once for all its
+        logging processes); None: look each network up in MLflow."""
+        self._index = None if index is None else {k: list(v) for k, v in index.items()}
 
     def _runs_of(self, key: str) -> list[tuple[str, str]]:
         if self._index is not None:

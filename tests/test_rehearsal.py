@@ -106,11 +106,23 @@ def test_small_rehearsal_logs_every_network_once_and_the_report_reads_them(tmp_p
     assert report["n_groups"] == len(methods) and report["figures"]
     assert len(report["results_csv"].read_text().splitlines()) == 1 + len(methods)
 
-    # resumed after it finished: nothing is trained or logged again
+    # resumed after it finished, with 20 runs gone (as if its driver had been killed before logging them):
+    # nothing is trained again; the restored logger logs those 20 through its logging processes, with the
+    # trials' own figures (none drawn on the driver), and nothing else
+    gone = {r.data.tags["trial_key"] for r in runs[::len(runs) // 20][:20]}
+    for r in runs:
+        if r.data.tags["trial_key"] in gone:
+            client.delete_run(r.info.run_id)
     assert full_grid.main(args[:-4] + ["--tracking-uri", uri, "--storage-path", str(tmp_path / "ray"),
                                        "--resume"]) == 0
-    assert "reconciliation: logged 0 finished networks" in capsys.readouterr().out
-    assert len(client.search_runs([exp.experiment_id], max_results=10_000)) == len(expected)
+    out = capsys.readouterr().out
+    assert "reconciliation: logged 0 finished networks" in out and "networks missing from MLflow" in out
+    driver = re.findall(r"rehearsal driver: .* \+ figures ([\d.]+) s .*; 2 logging processes: CPU ([\d.]+) s "
+                        r"\(figures ([\d.]+) s\)", out)[-1]
+    assert float(driver[0]) == float(driver[2]) == 0.0 and float(driver[1]) > 0, driver
+    after = client.search_runs([exp.experiment_id], max_results=10_000)
+    assert sorted(r.data.tags["trial_key"] for r in after) == sorted(keys)
+    assert {r.info.run_id for r in after} >= {r.info.run_id for r in runs if r.data.tags["trial_key"] not in gone}
 
 
 def test_a_rehearsal_sweep_has_its_own_name(tmp_path):
