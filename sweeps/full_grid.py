@@ -58,6 +58,7 @@ import time
 
 import ray
 from ray import tune
+from ray.tune.logger import JsonLoggerCallback
 
 from imbalance_core.result import ACCURACY, ACCURACY_THRESHOLDED, AUC
 from imbalance_core.trial import TrialConfig
@@ -73,10 +74,15 @@ from .plan import (DEFAULT_PRICE_PER_GPU_HOUR, DEFAULT_TRACKING_RETRY_S, META_FI
 from .trainable import is_final, pack_results, rehearse_pack, train_pack
 from .tracking import REPO_ROOT, TrackingError, check_tracking_uri, redact
 
-# MLflow's HTTP client would otherwise retry an absent server silently for minutes per request
-# (7 retries, backoff factor 2): the sweep retries itself (Patience) and says so.
 CHECKPOINTS_KEPT = 4                     # per trial (tune.CheckpointConfig(num_to_keep)); see run_sweep
-MLFLOW_HTTP_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "60"}
+# The driver's environment while a sweep runs (a value the user set is kept):
+# - MLflow's HTTP client would otherwise retry an absent server silently for minutes per request
+#   (7 retries, backoff factor 2): the sweep retries itself (Patience) and says so.
+# - Tune adds a CSV, a JSON and a TensorBoard logger of every trial's results unless this is set; the sweep
+#   keeps the JSON one (each trial's result.json, next to its checkpoints) and drops the other two, which
+#   nothing here reads (measured: benchmarks/results/rehearsal_mnist_cpu.txt).
+DRIVER_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "60",
+              "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1"}
 
 
 class Progress(tune.Callback):
@@ -233,7 +239,8 @@ def run_sweep(plan: Plan, opts: SweepOptions) -> int:
                     checkpoint_config=tune.CheckpointConfig(num_to_keep=CHECKPOINTS_KEPT),
                     callbacks=[MlflowLogger(plan.tracking_uri, plan.sweep, opts.tracking_retry_s, plan.rehearsal,
                                             opts.log_processes),
-                               Progress(plan.sweep, plan.n_trials, plan.n_networks)]))
+                               Progress(plan.sweep, plan.n_trials, plan.n_networks),
+                               JsonLoggerCallback()]))
         try:
             results = tuner.fit()
         except KeyboardInterrupt:
@@ -315,8 +322,8 @@ def main(argv: list[str] | None = None) -> int:
                 raise TrackingError(f"{e}. If the head node (and its MLflow server) moved, point the sweep at "
                                     f"the new one: --resume --tracking-uri http://NEW-HEAD-IP:5000") from None
             raise
-        saved = {k: os.environ.get(k) for k in MLFLOW_HTTP_ENV}
-        os.environ.update({k: v for k, v in MLFLOW_HTTP_ENV.items() if saved[k] is None})
+        saved = {k: os.environ.get(k) for k in DRIVER_ENV}
+        os.environ.update({k: v for k, v in DRIVER_ENV.items() if saved[k] is None})
         try:
             return run_sweep(plan, opts)
         finally:
