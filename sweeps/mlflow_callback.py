@@ -60,8 +60,10 @@ class DriverCost:
 
 def _serve(fd: int, uri: str, sweep: str, rehearsal: bool) -> None:
     """A logging process (`LoggingProcess`): its own Tracker (and store connection) with the index of MLflow's
-    runs the driver sends first; logs each network it is sent and replies (ok, value or error, CPU seconds,
-    figure CPU seconds). Ends on None or when the driver is gone (its end of the socket closed)."""
+    runs the driver sends first; logs the networks of each list it is sent (a trial's) and replies
+    ([(ok, logged or (transient, error)) per network], CPU seconds, figure CPU seconds). After an outage
+    error the rest of the list is not tried (the driver retries them one at a time). Ends on None or when
+    the driver is gone (its end of the socket closed)."""
     from multiprocessing.connection import Connection
 
     from .tracking import Tracker, is_transient
@@ -81,11 +83,17 @@ def _serve(fd: int, uri: str, sweep: str, rehearsal: bool) -> None:
         if item is None:
             return
         t0, f0 = time.thread_time(), tracker.figure_cpu_s
-        try:
-            out = (True, tracker.log_network(*item))
-        except Exception as e:  # noqa: BLE001 - sent back as an error of the same kind (transient or not)
-            out = (False, (is_transient(e), f"{type(e).__name__}: {e}"))
-        conn.send((*out, time.thread_time() - t0, tracker.figure_cpu_s - f0))
+        outs, away = [], None
+        for network in item:
+            if away is not None:
+                outs.append((False, (True, f"not tried: {away}")))
+                continue
+            try:
+                outs.append((True, tracker.log_network(*network)))
+            except Exception as e:  # noqa: BLE001 - sent back as an error of the same kind (transient or not)
+                outs.append((False, (is_transient(e), f"{type(e).__name__}: {e}")))
+                away = outs[-1][1][1] if outs[-1][1][0] else None
+        conn.send((outs, time.thread_time() - t0, tracker.figure_cpu_s - f0))
 
 
 class LoggingProcess:
@@ -133,19 +141,26 @@ class LoggingProcess:
                 raise RuntimeError(f"the MLflow logging process could not start: {why}")
             self._ready = True
 
-    def log_network(self, config, result, pack_id, figures=None) -> bool:
+    def log_networks(self, networks: list[tuple]) -> list[tuple[bool, object]]:
+        """Log [(config, result, pack_id, figures)] (a trial's networks) in one exchange: per network
+        (True, logged) or (False, (is it an outage, error text)). Raises RuntimeError if the process died."""
         if self.proc.poll() is not None:          # it died (killed, out of memory): a new one
             self._conn.close()
             self.restarts += 1
             self._start(None)
         self.wait_ready()
         try:
-            self._conn.send((config, result, pack_id, figures and {k: str(v) for k, v in figures.items()}))
-            ok, value, cpu, fig = self._conn.recv()
+            self._conn.send([(c, r, p, f and {k: str(v) for k, v in f.items()}) for c, r, p, f in networks])
+            outs, cpu, fig = self._conn.recv()
         except (EOFError, OSError) as e:          # not an outage of MLflow: the next call starts a new process
             raise RuntimeError(f"the MLflow logging process died ({type(e).__name__})") from None
         self.cpu_s += cpu
         self.figure_cpu_s += fig
+        return outs
+
+    def log_network(self, config, result, pack_id, figures=None) -> bool:
+        """One network, as `Tracker.log_network`: an outage raises ConnectionError, other errors RuntimeError."""
+        (ok, value), = self.log_networks([(config, result, pack_id, figures)])
         if ok:
             return value
         transient, text = value
@@ -245,6 +260,7 @@ class MlflowLogger(tune.Callback):
                     networks = []
                     with self._lock:
                         self.waiting -= len(packed)
+                todo = []
                 for d, (r, figures) in zip(packed, networks):
                     c = TrialConfig.from_dict(d)
                     key = trial_key(c, self.sweep)
@@ -252,9 +268,18 @@ class MlflowLogger(tune.Callback):
                         with self._lock:              # in MLflow already (a resumed sweep's re-run trial)
                             self.waiting -= 1
                             self.logged.add(key)
-                        continue
+                    else:
+                        todo.append((c, key, r, figures))
+                try:                                  # the trial's networks in one exchange
+                    outs = tracker.log_networks([(c, r, trial_id, f) for c, _, r, f in todo]) if todo else []
+                except Exception as e:  # noqa: BLE001 - the process died: each network is tried again below
+                    outs = [(False, (True, f"{type(e).__name__}: {e}"))] * len(todo)
+                for (c, key, r, figures), (ok, value) in zip(todo, outs):
                     try:
-                        self.patience.call(lambda: tracker.log_network(c, r, trial_id, figures), describe(c))
+                        if not ok and value[0]:       # an outage: retried one network at a time, with patience
+                            self.patience.call(lambda: tracker.log_network(c, r, trial_id, figures), describe(c))
+                        elif not ok:
+                            raise RuntimeError(value[1])
                         self.logged.add(key)
                     except TrackingUnavailable:
                         pass                          # said once by Patience; named at the end

@@ -46,3 +46,69 @@ def test_a_logging_process_that_cannot_start_says_why(tmp_path):
     with pytest.raises(RuntimeError, match="could not start: it exited with code 3"):
         lp.log_network(None, {}, "p0")
     lp.close()
+
+
+def test_a_trials_networks_go_in_one_exchange_and_an_outage_leaves_the_rest_untried(tmp_path, monkeypatch):
+    """`log_networks`: a trial's networks in one exchange, each logged once, with the index the driver sent;
+    after an outage error the rest of the list is not tried (the driver retries them one at a time)."""
+    from mlflow.tracking import MlflowClient
+    uri, sweep = f"sqlite:///{tmp_path}/mlflow.db", "lp-many"
+    tracker = Tracker(uri, sweep)
+    configs = [TrialConfig(dataset="mnist-sample", imbalance="step", rho=10, mu=0.5, method=m, seed=0,
+                           iterations=2, device="cpu") for m in ("baseline", "ros", "rus")]
+    results = [r.to_dict() for r in rehearse_trials(configs)]
+    assert tracker.index_runs() == {}
+    lp = LoggingProcess(uri, sweep, False, tracker.index_runs())
+    try:
+        items = [(c, r, "p0", None) for c, r in zip(configs, results)]
+        assert lp.log_networks(items[:2]) == [(True, True), (True, True)]
+        assert lp.log_networks(items) == [(True, False), (True, False), (True, True)]   # FINISHED: not again
+    finally:
+        lp.close()
+    client = MlflowClient(tracking_uri=uri)
+    runs = client.search_runs([client.get_experiment_by_name(sweep).experiment_id])
+    assert sorted(r.data.tags["trial_key"] for r in runs) == sorted(trial_key(c, sweep) for c in configs)
+
+
+
+def test_after_an_outage_error_the_rest_of_a_trials_networks_come_back_untried(monkeypatch):
+    """`_serve` (the logging process's loop), run here on a thread with a stand-in Tracker whose store goes
+    away at the 2nd network: the 1st is logged, the 2nd comes back as an outage, the 3rd untried (an outage
+    too, so the driver retries it with patience); a later list is tried again from its first network."""
+    import socket
+    import threading
+    from multiprocessing.connection import Connection
+
+    from sweeps import mlflow_callback, tracking
+
+    class Tracker:
+        figure_cpu_s, calls = 0.0, []
+
+        def __init__(self, *a):
+            pass
+
+        def use_index(self, index):
+            assert index == {"k": []}
+
+        def log_network(self, config, result, pack_id, figures):
+            Tracker.calls.append(config)
+            if config == "b":
+                raise ConnectionError("Connection refused")
+            return True
+
+    monkeypatch.setattr(tracking, "Tracker", Tracker)
+    ours, theirs = socket.socketpair()
+    serving = threading.Thread(target=mlflow_callback._serve, args=(theirs.detach(), "uri", "s", False))
+    serving.start()
+    conn = Connection(ours.detach())
+    conn.send({"k": []})
+    assert conn.recv() == ("ready", None)
+    conn.send([(n, {}, "p0", None) for n in ("a", "b", "c")])
+    outs, cpu, _ = conn.recv()
+    assert outs[0] == (True, True) and outs[1] == (False, (True, "ConnectionError: Connection refused"))
+    assert outs[2] == (False, (True, "not tried: ConnectionError: Connection refused"))
+    conn.send([(n, {}, "p1", None) for n in ("c",)])
+    assert conn.recv()[0] == [(True, True)]
+    conn.send(None)
+    serving.join(10)
+    assert not serving.is_alive() and Tracker.calls == ["a", "b", "c"]

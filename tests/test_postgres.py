@@ -325,7 +325,7 @@ def _kill_after_first_logged(monkeypatch, server, restart_after_s: float | None,
     """Kill the server as soon as the first network is in MLflow (more results are still to come);
     start it again `restart_after_s` later (in the background), or leave it away (None)."""
     from sweeps.mlflow_callback import LoggingProcess
-    real = LoggingProcess.log_network                 # the driver's side of its logging process
+    real = LoggingProcess.log_networks                # the driver's side of its logging process (a trial's networks)
     done = threading.Event()
 
     def restart():
@@ -334,7 +334,7 @@ def _kill_after_first_logged(monkeypatch, server, restart_after_s: float | None,
         server.start()
         seen["back"] = time.monotonic()
 
-    def log_network(self, *a, **k):
+    def log_networks(self, *a, **k):
         out = real(self, *a, **k)
         if not done.is_set():
             done.set()
@@ -346,7 +346,7 @@ def _kill_after_first_logged(monkeypatch, server, restart_after_s: float | None,
                 seen["thread"].start()
         return out
 
-    monkeypatch.setattr(LoggingProcess, "log_network", log_network)
+    monkeypatch.setattr(LoggingProcess, "log_networks", log_networks)
 
 
 def test_server_killed_while_results_arrive_loses_nothing(server, ray_local, tmp_path, monkeypatch):
@@ -383,7 +383,8 @@ def test_server_away_past_the_bound_then_resume_logs_without_training(server, ra
     name = "pg-away"
     seen: dict = {}
     _kill_after_first_logged(monkeypatch, server, None, seen, name)
-    argv = _sweep_args(name, tmp_path / "ray", server.url) + ["--tracking-retry-s", "3"]
+    # packs of 1: a trial's networks are logged in one exchange, so the kill comes after exactly one network
+    argv = _sweep_args(name, tmp_path / "ray", server.url, pack=1) + ["--tracking-retry-s", "3"]
     rc, out = _main(argv)
     assert rc == 1, out
     assert "4 networks finished, 0 failed" in out                              # training finished
@@ -393,7 +394,7 @@ def test_server_away_past_the_bound_then_resume_logs_without_training(server, ra
     assert len(not_logged) == 3 and set(not_logged) < {describe(c) for c in want.values()}, out
     assert f"log them (no retraining) with: --resume --name {name}" in out
     lines = final_reports(tmp_path / "ray" / name)
-    assert sum(lines.values()) == 2
+    assert sum(lines.values()) == 4
 
     monkeypatch.undo()
     server.start()
