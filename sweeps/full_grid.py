@@ -59,6 +59,7 @@ import time
 import ray
 from ray import tune
 from ray.tune.logger import JsonLoggerCallback
+from ray.tune.search import Searcher
 
 from imbalance_core.result import ACCURACY, ACCURACY_THRESHOLDED, AUC
 from imbalance_core.trial import TrialConfig
@@ -138,6 +139,36 @@ class Progress(tune.Callback):
     def on_step_end(self, iteration, trials, **info):
         if time.monotonic() - self.last >= self.every_s:
             self._print(trials)
+
+
+class Packs(Searcher):
+    """Tune's search algorithm for a sweep: one trial per pack, in plan order (config {"pack": [...]}).
+
+    Not `tune.grid_search(packs)`: Tune's grid generator deep-copies the whole search space, every pack
+    included, for each trial it creates, so its cost grows with the square of the number of packs: about
+    0.3 s of driver CPU per trial at the mnist preset's 4,500 (benchmarks/results/tune_trial_generation.txt).
+    A searcher's suggestion is copied alone. Tune saves its state (`save`/`restore`) with the experiment's,
+    so `--resume` suggests the packs not yet started."""
+
+    def __init__(self, packs: list[list[dict]] | None = None):
+        super().__init__()
+        self.packs, self.next = packs or [], 0
+
+    def suggest(self, trial_id: str):
+        if self.next >= len(self.packs):
+            return Searcher.FINISHED
+        self.next += 1
+        return {"pack": self.packs[self.next - 1]}
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
+        pass                                       # nothing to learn: every pack runs once (Tune retries failures)
+
+    def save(self, checkpoint_path: str):
+        Path(checkpoint_path).write_text(json.dumps({"packs": self.packs, "next": self.next}))
+
+    def restore(self, checkpoint_path: str):
+        state = json.loads(Path(checkpoint_path).read_text())
+        self.packs, self.next = state["packs"], state["next"]
 
 
 # --------------------------------------------------------------------------- the sweep
@@ -228,8 +259,9 @@ def run_sweep(plan: Plan, opts: SweepOptions) -> int:
                   f"Tune state {plan.sweep_dir}; MLflow {redact(plan.tracking_uri)}", flush=True)
             tuner = tune.Tuner(
                 trainable,
-                param_space={"pack": tune.grid_search([[dataclasses.asdict(c) for c in p] for p in plan.packs])},
-                tune_config=tune.TuneConfig(max_concurrent_trials=opts.max_concurrent, reuse_actors=True),
+                tune_config=tune.TuneConfig(search_alg=Packs([[dataclasses.asdict(c) for c in p] for p in plan.packs]),
+                                            num_samples=len(plan.packs), max_concurrent_trials=opts.max_concurrent,
+                                            reuse_actors=True),
                 run_config=tune.RunConfig(
                     name=plan.sweep, storage_path=str(plan.sweep_dir.parent), verbose=0,
                     failure_config=tune.FailureConfig(max_failures=opts.max_failures),

@@ -381,3 +381,19 @@ def test_progress_counts_the_finished_networks_of_running_packs():
     assert "left" in line and "unknown" not in line
     trials[1] = trial(1, "ERROR", 9, 4)            # a failed pack's networks are not counted as done
     assert "9/30 networks done (1/4 trials), 1 running, 1 failed" in p._line(trials)
+
+
+def test_packs_searcher_suggests_each_pack_once_in_order_and_resumes_where_it_stopped(tmp_path):
+    """Tune's search algorithm of a sweep (`full_grid.Packs`, not grid_search: see its docstring): one trial
+    per pack, in plan order, then FINISHED; its saved state (Tune saves it with the experiment) continues."""
+    from ray.tune.search import Searcher
+
+    from sweeps.full_grid import Packs
+    packs = [[{"method": m, "seed": s}] for s in range(3) for m in ("baseline", "ros")]
+    first = Packs(packs)
+    assert [first.suggest(f"t{i}") for i in range(2)] == [{"pack": p} for p in packs[:2]]
+    first.save(str(tmp_path / "searcher.json"))
+    again = Packs()
+    again.restore(str(tmp_path / "searcher.json"))
+    assert [again.suggest(f"t{i}")["pack"] for i in range(2, 6)] == packs[2:]
+    assert again.suggest("t6") == Searcher.FINISHED
