@@ -114,7 +114,7 @@ class CpuByProcess:
             st = _stat(pid)
             if st and st[0] >= int(self.t0):
                 self.cpu[pid] = st[1]
-                self.kinds.setdefault(pid, kind(int(pid), self.driver, st[2]))
+                self.kinds[pid] = kind(int(pid), self.driver, st[2])      # Ray renames its workers late
         self.machine = self._machine() - self.machine0
 
     def line(self) -> str:
