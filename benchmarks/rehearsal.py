@@ -73,13 +73,14 @@ def kill_group(proc: subprocess.Popen, ray_tmp: Path) -> None:
 
 
 def _stat(pid: str) -> tuple[int, float, str] | None:
-    """(start time in ticks, CPU seconds, command line) of a process, from /proc."""
+    """(start time in ticks, CPU seconds, command line) of a live process, from /proc (None for a zombie:
+    a killed run's processes stay as zombies where nothing reaps them, with their CPU times)."""
     try:
         f = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
         cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
     except (OSError, IndexError):
         return None
-    return int(f[19]), (int(f[11]) + int(f[12])) / TICKS, cmd
+    return None if f[0] == "Z" else (int(f[19]), (int(f[11]) + int(f[12])) / TICKS, cmd)
 
 
 def kind(pid: int, driver: int, cmd: str) -> str:
@@ -95,13 +96,14 @@ def kind(pid: int, driver: int, cmd: str) -> str:
 
 
 class CpuByProcess:
-    """CPU seconds of every process started since this object was made (the driver, its logging processes,
-    Ray's), by `kind`; sampled every call of `sample` (a process that exits between samples loses its
+    """CPU seconds of every process started since the driver (the driver, its logging processes, Ray's), by
+    `kind`; sampled every call of `sample` (a process that exits between samples loses its
     last interval), and the whole machine's CPU over the same time (/proc/stat)."""
 
     def __init__(self, driver: int):
         self.driver, self.cpu, self.kinds = driver, {}, {}
-        self.t0 = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19]
+        # processes started with or after this run's driver (not an earlier run's survivors)
+        self.t0 = Path(f"/proc/{driver}/stat").read_text().rsplit(")", 1)[1].split()[19]
         self.machine0 = self._machine()
 
     @staticmethod

@@ -81,9 +81,12 @@ CHECKPOINTS_KEPT = 4                     # per trial (tune.CheckpointConfig(num_
 #   (7 retries, backoff factor 2): the sweep retries itself (Patience) and says so.
 # - Tune adds a CSV, a JSON and a TensorBoard logger of every trial's results unless this is set; the sweep
 #   keeps the JSON one (each trial's result.json, next to its checkpoints) and drops the other two, which
-#   nothing here reads (measured: benchmarks/results/rehearsal_mnist_cpu.txt).
+#   nothing here reads (measured: benchmarks/results/tune_loggers_cpu.txt).
+# - Tune keeps at most 1 trial pending for a search algorithm other than its own grid/random one (`Packs`),
+#   which would start trials one at a time and show an autoscaler one trial's demand; 200 is what Tune
+#   gives its grid search (at least; more on clusters of over 180 CPUs).
 DRIVER_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "60",
-              "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1"}
+              "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1", "TUNE_MAX_PENDING_TRIALS_PG": "200"}
 
 
 class Progress(tune.Callback):

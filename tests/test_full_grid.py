@@ -397,3 +397,18 @@ def test_packs_searcher_suggests_each_pack_once_in_order_and_resumes_where_it_st
     again.restore(str(tmp_path / "searcher.json"))
     assert [again.suggest(f"t{i}")["pack"] for i in range(2, 6)] == packs[2:]
     assert again.suggest("t6") == Searcher.FINISHED
+
+
+def test_a_sweep_keeps_as_many_trials_pending_as_tunes_grid_search(monkeypatch):
+    """Tune keeps 1 trial pending for a custom search algorithm (so `Packs` would start trials one at a time and
+    show an autoscaler one trial's demand); the sweep's environment gives it the 200 of Tune's grid search."""
+    from ray.tune.execution.tune_controller import _get_max_pending_trials
+    from ray.tune.search import SearchGenerator
+
+    from sweeps.full_grid import DRIVER_ENV, Packs
+    generator = SearchGenerator(Packs([[{"method": "baseline"}]]))
+    monkeypatch.delenv("TUNE_MAX_PENDING_TRIALS_PG", raising=False)
+    assert _get_max_pending_trials(generator) == 1
+    for k, v in DRIVER_ENV.items():
+        monkeypatch.setenv(k, v)
+    assert _get_max_pending_trials(generator) == 200
