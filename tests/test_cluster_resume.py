@@ -158,6 +158,7 @@ def test_pack_resumes_from_its_last_finished_network_after_its_node_is_killed(cl
             while time.monotonic() < deadline:
                 rows = driver_rows(cluster.temp_dir, "killpack")
                 if rows and rows[-1].get("networks_done", 0) >= 2:    # baseline, ros (+ ros's phase 1) saved
+                    seen["rows_at_kill"] = rows
                     seen["done_at_kill"] = rows[-1]["networks_done"]
                     seen["killed"] = rows[-1]["node_id"]
                     cluster.remove_node(workers[seen["killed"]], allow_graceful=False)
@@ -182,7 +183,11 @@ def test_pack_resumes_from_its_last_finished_network_after_its_node_is_killed(cl
     assert rc == 0, out + err
     assert "surrounding whitespace removed" in err
 
-    rows = driver_rows(cluster.temp_dir, "killpack")   # every report, as the driver processed it
+    # every report, as the driver processed it: the rows seen at the kill and those at the end, each once (when
+    # Tune restores the retried trial its staging result.json may be replaced by the lagging storage copy)
+    def report_id(r):
+        return r.get("trial_id"), r.get("training_iteration"), r.get("timestamp"), tuple(r.get("trained_now", []))
+    rows = list({report_id(r): r for r in seen["rows_at_kill"] + driver_rows(cluster.temp_dir, "killpack")}.values())
     trained = collections.Counter(i for r in rows for i in r.get("trained_now", []))
     resumed = max(r.get("resumed_from", 0) for r in rows)
     trials = tune.ExperimentAnalysis(str(sweep_dir)).trials
