@@ -353,8 +353,10 @@ def test_server_killed_while_results_arrive_loses_nothing(server, ray_local, tmp
     name = "pg-outage"
     seen: dict = {}
     _kill_after_first_logged(monkeypatch, server, 2.0, seen, name)
+    # one trial at a time, long enough that results keep arriving through the outage (trials of 20 iterations on
+    # 2 workers all ended before the first network was logged)
     argv = _sweep_args(name, tmp_path / "ray", server.url, methods=("baseline", "ros", "rus"), seeds=2, pack=1,
-                       iterations=20)
+                       iterations=200) + ["--max-concurrent", "1"]
     t0 = time.monotonic()
     rc, out = _main(argv)
     seen["thread"].join(timeout=60)
@@ -374,7 +376,7 @@ def test_server_killed_while_results_arrive_loses_nothing(server, ray_local, tmp
           f"later, healthy again after {away:.1f} s away; the sweep saw {back.group(1)} s, {back.group(2)} retries "
           f"({status_lines} lines said so; {seen['reported_at_kill']} of 6 networks reported at the kill); sweep took {time.monotonic() - t0:.1f} s")
     _, runs = _runs(server.url, name)
-    want = _configs(name, ("baseline", "ros", "rus"), 2, 20)
+    want = _configs(name, ("baseline", "ros", "rus"), 2, 200)
     assert sorted(r.data.tags["trial_key"] for r in runs) == sorted(want)     # every network exactly once
     _check_training_runs(runs, want)
 
