@@ -246,55 +246,59 @@ class MlflowLogger(tune.Callback):
             th.start()
 
     def _work(self, tracker: LoggingProcess, n: int) -> None:
-        from .tracking import TrackingUnavailable, trial_key
         cost, last = DriverCost(), time.monotonic()
         while (item := self._queue.get()) is not None:
             t0 = time.thread_time()
-            trial_id, packed, result, checkpoint = item
-            with contextlib.ExitStack() as stack:
-                try:
-                    networks = stack.enter_context(pack_outputs(result, checkpoint))
-                except Exception as e:  # noqa: BLE001 - the reconciliation reads it again at the end
-                    print(f"[sweep {self.sweep}] warning: could not read the results of trial {trial_id} "
-                          f"({type(e).__name__}: {e}); logged at the end", flush=True)
-                    networks = []
-                    with self._lock:
-                        self.waiting -= len(packed)
-                todo = []
-                for d, (r, figures) in zip(packed, networks):
-                    c = TrialConfig.from_dict(d)
-                    key = trial_key(c, self.sweep)
-                    if key in self.logged or (self.known is not None and key in self.known):
-                        with self._lock:              # in MLflow already (a resumed sweep's re-run trial)
-                            self.waiting -= 1
-                            self.logged.add(key)
-                    else:
-                        todo.append((c, key, r, figures))
-                try:                                  # the trial's networks in one exchange
-                    outs = tracker.log_networks([(c, r, trial_id, f) for c, _, r, f in todo]) if todo else []
-                except Exception as e:  # noqa: BLE001 - the process died: each network is tried again below
-                    outs = [(False, (True, f"{type(e).__name__}: {e}"))] * len(todo)
-                for (c, key, r, figures), (ok, value) in zip(todo, outs):
-                    try:
-                        if not ok and value[0]:       # an outage: retried one network at a time, with patience
-                            self.patience.call(lambda: tracker.log_network(c, r, trial_id, figures), describe(c))
-                        elif not ok:
-                            raise RuntimeError(value[1])
-                        self.logged.add(key)
-                    except TrackingUnavailable:
-                        pass                          # said once by Patience; named at the end
-                    except Exception as e:  # noqa: BLE001 - never stop the sweep for a logging failure
-                        print(f"[sweep {self.sweep}] warning: could not log {describe(c)} to MLflow "
-                              f"({type(e).__name__}: {e}); retried at the end", flush=True)
-                    finally:
-                        with self._lock:
-                            self.waiting -= 1
+            self._log_trial(tracker, *item)
             with self._lock:                  # this thread's CPU (its logging process counts its own)
                 self.cpu_s += time.thread_time() - t0
             if n == 0 and self.rehearsal and time.monotonic() - last >= 30:     # the driver's cost as it goes
                 last = time.monotonic()
                 print(f"[sweep {self.sweep}] rehearsal {cost.line(self)}; {len(self.logged)} networks logged, "
                       f"{self.waiting} waiting", flush=True)
+
+    def _log_trial(self, tracker: LoggingProcess, trial_id: str, packed: list[dict], result: dict, checkpoint) -> None:
+        """One trial's networks: those MLflow lacks go to `tracker` in one exchange; outages are retried one
+        network at a time with patience; other failures are said and left to the reconciliation."""
+        from .tracking import TrackingUnavailable, trial_key
+        with contextlib.ExitStack() as stack:
+            try:
+                networks = stack.enter_context(pack_outputs(result, checkpoint))
+            except Exception as e:  # noqa: BLE001 - the reconciliation reads it again at the end
+                print(f"[sweep {self.sweep}] warning: could not read the results of trial {trial_id} "
+                      f"({type(e).__name__}: {e}); logged at the end", flush=True)
+                with self._lock:
+                    self.waiting -= len(packed)
+                return
+            todo = []
+            for d, (r, figures) in zip(packed, networks):
+                c = TrialConfig.from_dict(d)
+                key = trial_key(c, self.sweep)
+                if key in self.logged or (self.known is not None and key in self.known):
+                    with self._lock:              # in MLflow already (a resumed sweep's re-run trial)
+                        self.waiting -= 1
+                        self.logged.add(key)
+                else:
+                    todo.append((c, key, r, figures))
+            try:                                  # the trial's networks in one exchange
+                outs = tracker.log_networks([(c, r, trial_id, f) for c, _, r, f in todo]) if todo else []
+            except Exception as e:  # noqa: BLE001 - the process died: each network is tried again below
+                outs = [(False, (True, f"{type(e).__name__}: {e}"))] * len(todo)
+            for (c, key, r, figures), (ok, value) in zip(todo, outs):
+                try:
+                    if not ok and value[0]:       # an outage: retried one network at a time, with patience
+                        self.patience.call(lambda: tracker.log_network(c, r, trial_id, figures), describe(c))
+                    elif not ok:
+                        raise RuntimeError(value[1])
+                    self.logged.add(key)
+                except TrackingUnavailable:
+                    pass                          # said once by Patience; named at the end
+                except Exception as e:  # noqa: BLE001 - never stop the sweep for a logging failure
+                    print(f"[sweep {self.sweep}] warning: could not log {describe(c)} to MLflow "
+                          f"({type(e).__name__}: {e}); retried at the end", flush=True)
+                finally:
+                    with self._lock:
+                        self.waiting -= 1
 
     def _put(self, trial, result: dict, checkpoint) -> None:
         self._sent.add(trial.trial_id)
