@@ -68,7 +68,7 @@ from .grids import cell_of, describe
 # The names below are also this module's: a sweep's Tune state (tuner.pkl) pickles its callbacks as
 # `sweeps.full_grid.MlflowLogger` / `Progress`, and tests reach them here.
 from .mlflow_callback import (_LOGGERS, _TRACKING_URIS, TRACKING_REDIRECT, DriverCost, MlflowLogger,  # noqa: F401
-                              reconcile)
+                              discard_prestarted, prestart, reconcile)
 from .plan import (DEFAULT_PRICE_PER_GPU_HOUR, DEFAULT_TRACKING_RETRY_S, META_FILE, Plan,  # noqa: F401
                    SweepOptions, UsageError, dry_run_report, duration, normalize_tracking_uri, parse_options,
                    plan_sweep)
@@ -240,7 +240,12 @@ def run_sweep(plan: Plan, opts: SweepOptions) -> int:
     tracker = Tracker(plan.tracking_uri, plan.sweep, plan.rehearsal)   # creates the experiment (and the store)
     _TRACKING_URIS[plan.sweep] = plan.tracking_uri
     _LOGGERS.pop(plan.sweep, None)
-    started = _init_ray(opts)
+    prestart(plan.tracking_uri, plan.sweep, plan.rehearsal)        # reads MLflow's runs while Ray starts
+    try:
+        started = _init_ray(opts)
+    except BaseException:
+        discard_prestarted(plan.sweep)
+        raise
     try:
         trainable = tune.with_resources(rehearse_pack if plan.rehearsal else train_pack,
                                         {"cpu": opts.cpus_per_trial, "gpu": opts.gpus_per_trial})
@@ -282,6 +287,7 @@ def run_sweep(plan: Plan, opts: SweepOptions) -> int:
             print(f"[sweep {plan.sweep}] interrupted; continue with --resume --name {plan.sweep}", file=sys.stderr)
             return 130
     finally:
+        discard_prestarted(plan.sweep)       # if the logger never took it (Tune failed before its setup)
         if started:
             ray.shutdown()
 

@@ -31,6 +31,7 @@ _TRACKING_URIS: dict[str, str] = {}        # sweep name -> its tracking URI, pas
 
 
 TRACKING_REDIRECT: dict[str, str] = {}   # sweep -> tracking URI that replaces the one pinned in its state
+_PRESTARTED: dict[str, "LoggingProcess"] = {}   # sweep -> a logging process reading MLflow's runs (`prestart`)
 
 
 class DriverCost:
@@ -58,9 +59,13 @@ class DriverCost:
                 f"peak memory {u.ru_maxrss / 1024:.0f} MB")
 
 
+READ_INDEX = "read the index"            # sent to a LoggingProcess instead of an index: it reads MLflow's itself
+
+
 def _serve(fd: int, uri: str, sweep: str, rehearsal: bool) -> None:
     """A logging process (`LoggingProcess`): its own Tracker (and store connection) with the index of MLflow's
-    runs the driver sends first; logs the networks of each list it is sent (a trial's) and replies
+    runs the driver sends first (or READ_INDEX: it reads the index and sends it back with its "ready", None if
+    the store did not answer); logs the networks of each list it is sent (a trial's) and replies
     ([(ok, logged or (transient, error)) per network], CPU seconds, figure CPU seconds). After an outage
     error the rest of the list is not tried (the driver retries them one at a time). Ends on None or when
     the driver is gone (its end of the socket closed)."""
@@ -70,8 +75,16 @@ def _serve(fd: int, uri: str, sweep: str, rehearsal: bool) -> None:
     conn = Connection(fd)
     try:
         tracker = Tracker(uri, sweep, rehearsal)
-        tracker.use_index(conn.recv())            # read once by the driver (None: each network is looked up)
-        conn.send(("ready", None))
+        index = conn.recv()
+        if index == READ_INDEX:
+            try:
+                index = tracker.index_runs()
+            except Exception:  # noqa: BLE001 - the server is away: each network is looked up (with retries)
+                index = None
+            conn.send(("ready", index))
+        else:
+            tracker.use_index(index)              # read once by the driver (None: each network is looked up)
+            conn.send(("ready", None))
     except Exception as e:  # noqa: BLE001 - the driver raises it
         conn.send(("failed", f"{type(e).__name__}: {e}"))
         return
@@ -102,8 +115,10 @@ class LoggingProcess:
     of them log in parallel (`--log-processes`). Its errors come back as ConnectionError (an outage, which
     `Patience` retries) or RuntimeError, with the original type and message. The child is a fresh
     interpreter (`command`) that imports only this package, talking over a socket pair. `index`: what MLflow
-    holds (`Tracker.index_runs`, read once by the driver); a replacement for a dead process gets None (its
-    predecessor's logging is not in it), so it looks each network up."""
+    holds (`Tracker.index_runs`, read once by the driver), or READ_INDEX: the process reads it itself and
+    `wait_ready` returns it (the driver starts one so before Ray, to read MLflow while Ray starts and Tune
+    restores); a replacement for a dead process gets None (its predecessor's logging is not in it), so it
+    looks each network up."""
 
     command = [sys.executable, "-c", "import sys; from sweeps.mlflow_callback import _serve; "
                                      "_serve(int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4] == '1')"]
@@ -131,15 +146,18 @@ class LoggingProcess:
         except OSError:                           # it died at once: wait_ready says why
             pass
 
-    def wait_ready(self) -> None:
+    def wait_ready(self) -> dict | None:
+        """Wait until it has started; the index it read (READ_INDEX; None if MLflow did not answer), else None."""
+        index = None
         if not self._ready:
             try:
-                kind, why = self._conn.recv()
+                kind, index = self._conn.recv()
             except (EOFError, OSError):             # it exited (unread data of ours: connection reset)
-                kind, why = "failed", f"it exited with code {self.proc.wait()}"
+                kind, index = "failed", f"it exited with code {self.proc.wait()}"
             if kind != "ready":
-                raise RuntimeError(f"the MLflow logging process could not start: {why}")
+                raise RuntimeError(f"the MLflow logging process could not start: {index}")
             self._ready = True
+        return index
 
     def log_networks(self, networks: list[tuple]) -> list[tuple[bool, object]]:
         """Log [(config, result, pack_id, figures)] (a trial's networks) in one exchange: per network
@@ -177,6 +195,20 @@ class LoggingProcess:
             self.proc.kill()
             self.proc.wait()
         self._conn.close()
+
+
+def prestart(uri: str, sweep: str, rehearsal: bool) -> None:
+    """Start the first logging process of `sweep`'s MlflowLogger now, reading MLflow's runs (the index the
+    logger needs at its setup): at 23,000 runs that read takes over a minute of CPU, which then overlaps
+    Ray's start and Tune's restore of the sweep instead of following them. `discard_prestarted` if the
+    logger never takes it."""
+    discard_prestarted(sweep)
+    _PRESTARTED[sweep] = LoggingProcess(uri, sweep, rehearsal, READ_INDEX)
+
+
+def discard_prestarted(sweep: str) -> None:
+    if (p := _PRESTARTED.pop(sweep, None)) is not None:
+        p.close()
 
 
 class MlflowLogger(tune.Callback):
@@ -231,13 +263,24 @@ class MlflowLogger(tune.Callback):
     def setup(self, **info):
         from .tracking import Tracker
         uri = _TRACKING_URIS.get(self.sweep, self.tracking_uri)
-        tracker = Tracker(uri, self.sweep, self.rehearsal)  # the experiment exists (and the store answers) first
-        try:                                      # what MLflow holds, read once for all (none for a new sweep)
-            index = tracker.index_runs()
-            self.known = {k for k, runs in index.items() if any(s == "FINISHED" for _, s in runs)}
-        except Exception:  # noqa: BLE001 - the server is away: each network is looked up (with retries)
-            index = self.known = None
-        self.trackers = [LoggingProcess(uri, self.sweep, self.rehearsal, index) for _ in range(self.threads)]
+        # what MLflow holds, read once for all (none for a new sweep): by the logging process the driver
+        # started before Ray (`prestart`), else here
+        first = [p for p in [_PRESTARTED.pop(self.sweep, None)] if p is not None]
+        try:
+            if first and first[0].args[0] != uri:     # not this sweep's store (cannot happen through full_grid)
+                raise RuntimeError("another tracking URI")
+            index = first[0].wait_ready() if first else None
+        except RuntimeError:                      # it could not start: as without it
+            first.pop().close()
+        if not first:
+            tracker = Tracker(uri, self.sweep, self.rehearsal)  # the experiment exists (and the store answers) first
+            try:
+                index = tracker.index_runs()
+            except Exception:  # noqa: BLE001 - the server is away: each network is looked up (with retries)
+                index = None
+        self.known = None if index is None else {k for k, runs in index.items() if any(s == "FINISHED" for _, s in runs)}
+        self.trackers = first + [LoggingProcess(uri, self.sweep, self.rehearsal, index)
+                                 for _ in range(self.threads - len(first))]
         _LOGGERS[self.sweep] = self
         self._queue = queue.Queue()
         self._threads = [threading.Thread(target=self._work, args=(t, n), name=f"mlflow-logger-{n}", daemon=True)

@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
+import logging
 import statistics
 import tempfile
 from pathlib import Path
@@ -113,6 +115,10 @@ def _run_pack(config: dict, runner) -> None:
 
     from imbalance_core.methods import get as method_spec
     from imbalance_core.trial import phase1_key
+    # Ray Train logs "Checkpoint successfully created at: <path>" at INFO for every report, and Ray streams each
+    # such line from the worker to the driver's terminal (two or more per pack: over 9,000 lines at the mnist
+    # preset, costing the worker, Ray's log monitor and the driver); the progress line already says it
+    logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)
     cpus = tune.get_context().get_trial_resources().required_resources.get("CPU", 1)
     torch.set_num_threads(max(1, int(cpus)))
     configs = [TrialConfig.from_dict(d) for d in config["pack"]]
@@ -191,10 +197,26 @@ def _template(c: TrialConfig) -> tuple:
     return _TEMPLATES[key]
 
 
+@functools.lru_cache(maxsize=64)
+def _subset_facts(dataset: str, data_dir: str | None, imbalance: str, n: int, rho: float, mu: float, seed: int,
+                  sampler: str, level: float | None) -> tuple:
+    """(size, sha256 of the indices, class counts, sampled counts) of a training subset: the same for every
+    method of a cell and seed (a pack holds several), so drawn once per worker."""
+    import hashlib
+
+    import numpy as np
+
+    from imbalance_core.imbalance import make_subset
+    from imbalance_core.sampling import SamplingPlan
+    y_train = _template(TrialConfig(dataset=dataset, data_dir=data_dir))[0]
+    sub = make_subset(y_train, dataset, imbalance, n, rho, mu, seed)
+    return (int(len(sub.indices)), hashlib.sha256(np.asarray(sub.indices, dtype="<i8").tobytes()).hexdigest(),
+            list(sub.counts), SamplingPlan(sub, y_train, sampler=sampler, level=level).counts)
+
+
 def synthetic_result(c: TrialConfig, node_time: float) -> dict:
     """A result of exactly the shape run_trials gives for `c` (every key, list and matrix), with synthetic
     values: AUC and accuracies fall with log rho and vary by method and seed (deterministic)."""
-    import hashlib
     import math
     import zlib
 
@@ -202,12 +224,11 @@ def synthetic_result(c: TrialConfig, node_time: float) -> dict:
 
     from imbalance_core import methods as M
     from imbalance_core import specs as S
-    from imbalance_core.imbalance import make_subset
     from imbalance_core.models import MODELS
-    from imbalance_core.sampling import SamplingPlan
     y_train, y_test, m, plain, with_features = _template(c)
     spec = M.get(c.method)
-    sub = make_subset(y_train, c.dataset, c.imbalance, c.n, c.rho, c.mu, c.seed)
+    size, digest, counts, sampled = _subset_facts(c.dataset, c.data_dir, c.imbalance, c.n, c.rho, c.mu, c.seed,
+                                                  spec.phases[0].sampler, c.level)
     rng = np.random.default_rng([zlib.crc32(f"{c.method}/{c.imbalance}/{c.level}".encode()), c.seed, int(c.rho),
                                  int(100 * c.mu)])
     drop = math.log10(max(c.rho, 1.0)) * (1.0 + (zlib.crc32(c.method.encode()) % 7) / 7)
@@ -222,12 +243,11 @@ def synthetic_result(c: TrialConfig, node_time: float) -> dict:
         r[k] = list(v) if isinstance(v, list) else float(max(0.0, r[ACCURACY] + rng.normal(0, 1.0)))
     two = spec.two_phase
     iterations = c.schedule.iterations
-    sampled = SamplingPlan(sub, y_train, sampler=spec.phases[0].sampler, level=c.level).counts
     r.update({
-        "train_examples": int(len(sub.indices)),
-        "subset_digest": hashlib.sha256(np.asarray(sub.indices, dtype="<i8").tobytes()).hexdigest(),
-        "class_counts": list(sub.counts),
-        "sampled_counts": sampled,
+        "train_examples": size,
+        "subset_digest": digest,
+        "class_counts": list(counts),
+        "sampled_counts": list(sampled),
         "epoch_examples": int(sum(sampled)),
         "iterations": iterations,
         "finetune_iterations": iterations if two else 0,

@@ -112,3 +112,39 @@ def test_after_an_outage_error_the_rest_of_a_trials_networks_come_back_untried(m
     conn.send(None)
     serving.join(10)
     assert not serving.is_alive() and Tracker.calls == ["a", "b", "c"]
+
+
+def test_a_prestarted_logging_process_reads_mlflows_runs_for_the_logger(tmp_path, monkeypatch):
+    """`prestart` (full_grid calls it before starting Ray): the process reads MLflow's index itself and the
+    MlflowLogger's setup takes it, with no read of MLflow on the driver; the logger then skips a network
+    MLflow holds and logs the others once, through that process and a second one given the same index."""
+    from mlflow.tracking import MlflowClient
+
+    from sweeps import mlflow_callback
+    uri, sweep = f"sqlite:///{tmp_path}/mlflow.db", "lp-pre"
+    tracker = Tracker(uri, sweep)
+    configs = [TrialConfig(dataset="mnist-sample", imbalance="step", rho=10, mu=0.5, method=m, seed=0,
+                           iterations=2, device="cpu") for m in ("baseline", "ros", "rus")]
+    results = [r.to_dict() for r in rehearse_trials(configs)]
+    tracker.log_network(configs[0], results[0], "p0")
+    index = tracker.index_runs()
+    assert list(index) == [trial_key(configs[0], sweep)]
+
+    mlflow_callback.prestart(uri, sweep, False)
+    pre = mlflow_callback._PRESTARTED[sweep]
+    monkeypatch.setattr(Tracker, "index_runs", lambda self: pytest.fail("the driver read MLflow's runs"))
+    monkeypatch.setitem(mlflow_callback._TRACKING_URIS, sweep, uri)
+    logger = mlflow_callback.MlflowLogger(uri, sweep, threads=2)
+    logger.setup()
+    try:
+        assert sweep not in mlflow_callback._PRESTARTED and logger.trackers[0] is pre
+        assert logger.known == {trial_key(configs[0], sweep)}
+        outs = [t.log_networks([(c, r, "p1", None)]) for t, c, r in zip(logger.trackers * 2, configs, results)]
+        assert outs == [[(True, False)], [(True, True)], [(True, True)]]   # the 1st is in MLflow: not again
+    finally:
+        logger.on_experiment_end(trials=[])            # stops its threads, closes both processes
+        mlflow_callback._LOGGERS.pop(sweep, None)
+    assert [t.proc.returncode for t in logger.trackers] == [0, 0]
+    client = MlflowClient(tracking_uri=uri)
+    runs = client.search_runs([client.get_experiment_by_name(sweep).experiment_id])
+    assert sorted(r.data.tags["trial_key"] for r in runs) == sorted(trial_key(c, sweep) for c in configs)
