@@ -3,7 +3,7 @@ with the driver killed part-way and resumed.
 
     .venv/bin/python benchmarks/rehearsal.py [--kill-at 0.5] [--out DIR] [-- FULL_GRID_ARGS...]
 
-FULL_GRID_ARGS default to `--preset mnist --data-dir ../shared/data` (23,000 networks, 4,600 trials); pass
+FULL_GRID_ARGS default to `--preset mnist --data-dir ../shared/data` (23,000 networks, 4,500 trials); pass
 e.g. `-- --preset mnist --data-dir ../shared/data --rho 10 100` for a slice. The driver runs as its own
 process (its own session and Ray temp dir), is SIGKILLed once `--kill-at` of the networks are in MLflow
 (0: never), and is then run again with `--resume`. Prints, as rates and ratios:
@@ -46,7 +46,7 @@ def finished_runs(db: Path) -> int:
     if not db.exists():
         return 0
     try:
-        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1) as con:
+        with sqlite3.connect(f"file:{db}?mode=rw", uri=True, timeout=1) as con:
             return con.execute("select count(*) from runs where status = 'FINISHED' and "
                                "lifecycle_stage = 'active'").fetchone()[0]
     except sqlite3.Error:
@@ -141,8 +141,10 @@ def run_driver(args: list[str], env: dict, log: Path, db: Path, kill_after: int 
                 f.write(line)
                 if line.startswith("[sweep"):
                     out["lines"].append(line.rstrip())
-                    # restored: the first progress line, or the reconciliation when every trial had ended
-                    if out["first_progress_s"] is None and ("networks done" in line or "reconciliation:" in line):
+                    # restored: the first progress line or, when every trial had ended before the kill, the
+                    # logger's line on what they left unlogged (else the reconciliation's)
+                    if out["first_progress_s"] is None and any(
+                            s in line for s in ("networks done", "missing from MLflow", "reconciliation:")):
                         out["first_progress_s"] = time.monotonic() - t0
 
     reader = threading.Thread(target=read, daemon=True)

@@ -16,7 +16,9 @@ for round in $(seq 1 "$rounds"); do
       --repetitions 2 --rehearse --log-processes 2 --name ab --tracking-uri "sqlite:///$d/mlflow.db" \
       --storage-path "$d/ray" > "$d/log" 2>&1
     e=$(date +%s.%N)
-    echo "round $round $var=$v: total $(python3 -c "print(f'{$e - $s:.1f}')") s; $(grep 'rehearsal driver' "$d/log" | tail -1 | sed 's/.*rehearsal driver: //'); Ray workers $(grep -o 'rehearse_pack pid=[0-9]*' "$d/log" | sort -u | wc -l)"
+    # the Ray worker processes that ran trials: the pid in each trial's results (Tune's own field)
+    workers=$(cat "$d"/ray/ab-rehearsal/*/result.json | python3 -c "import sys, json; print(len({json.loads(l)['pid'] for l in sys.stdin if l.strip()}))")
+    echo "round $round $var=$v: total $(python3 -c "print(f'{$e - $s:.1f}')") s; $(grep 'rehearsal driver' "$d/log" | tail -1 | sed 's/.*rehearsal driver: //'); Ray workers that ran trials $workers"
     rm -rf "$d"
   done
 done

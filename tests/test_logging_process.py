@@ -2,6 +2,8 @@
 once, its errors come back named, and a logging process that dies is replaced by the next call."""
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from imbalance_core.trial import TrialConfig
@@ -148,3 +150,40 @@ def test_a_prestarted_logging_process_reads_mlflows_runs_for_the_logger(tmp_path
     client = MlflowClient(tracking_uri=uri)
     runs = client.search_runs([client.get_experiment_by_name(sweep).experiment_id])
     assert sorted(r.data.tags["trial_key"] for r in runs) == sorted(trial_key(c, sweep) for c in configs)
+
+
+def test_a_dataset_created_by_another_logging_process_meanwhile_is_linked_on_a_second_try(tmp_path, monkeypatch):
+    """Two logging processes logging networks of one subset at the same moment: MLflow checks that the subset's
+    dataset is missing, the other process inserts it, and this insert fails on the unique key (seen with two
+    processes on sqlite). The network is still logged once, linked to the dataset that exists."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+    uri, sweep = f"sqlite:///{tmp_path}/mlflow.db", "lp-race"
+    tracker = Tracker(uri, sweep)
+    configs = [TrialConfig(dataset="mnist-sample", imbalance="step", rho=10, mu=0.5, method=m, seed=0,
+                           iterations=2, device="cpu") for m in ("baseline", "ros")]
+    results = [r.to_dict() for r in rehearse_trials(configs)]
+    assert results[0]["subset_digest"] == results[1]["subset_digest"]          # one subset, one dataset
+    other = Tracker(uri, sweep)                                                 # "the other process"
+    real = MlflowClient.log_inputs
+    calls = []
+
+    def racing(self, run_id, datasets=None, models=None):
+        calls.append(run_id)
+        if len(calls) == 1:                        # the other process logs its network of the subset first
+            other.log_network(configs[1], results[1], "p1")
+            raise MlflowException("(sqlite3.IntegrityError) UNIQUE constraint failed: datasets.experiment_id, "
+                                  "datasets.name, datasets.digest\n[SQL: INSERT INTO datasets (dataset_uuid, ...)]")
+        return real(self, run_id, datasets=datasets, models=models)
+    monkeypatch.setattr(MlflowClient, "log_inputs", racing)
+    assert tracker.log_network(configs[0], results[0], "p0") is True
+    client = MlflowClient(tracking_uri=uri)
+    runs = client.search_runs([tracker.experiment_id])
+    assert sorted(r.data.tags["trial_key"] for r in runs) == sorted(trial_key(c, sweep) for c in configs)
+    digests = {r.data.tags["trial_key"]: [d.dataset.digest for d in r.inputs.dataset_inputs] for r in runs}
+    assert all(v == [results[0]["subset_digest"][:len(v[0])]] for v in digests.values()), digests
+    assert all(r.info.status == "FINISHED" for r in runs)
+    monkeypatch.setattr(MlflowClient, "log_inputs", lambda *a, **k: (_ for _ in ()).throw(
+        MlflowException("INVALID_PARAMETER_VALUE: something else")))
+    with pytest.raises(MlflowException, match="something else"):            # any other error still raises
+        tracker.log_network(dataclasses.replace(configs[0], seed=1), results[0], "p2")
