@@ -21,6 +21,7 @@ import torch
 
 import imbalance_core.trial as T
 from imbalance_core import frozen
+from imbalance_core import methods as M
 from imbalance_core.imbalance import make_subset
 from imbalance_core.models import build_model
 from imbalance_core.sampling import SamplingPlan
@@ -41,14 +42,17 @@ def main(argv=None) -> int:
     def plan():
         return SamplingPlan(sub, labels, sampler="baseline", seed=0, stream_id=2)
 
+    pack = T.Pack(ds, train_data, test_data, "tensor", schedule, cpu, stack=1)
+    lr_scale = M.get("two-phase-ros").phases[1].lr_scale           # STUDY.md: phase 2 at lr x 0.1
     t0 = time.perf_counter()
-    _, whole_scores, _, _ = T._train_phase(None, ds, train_data, test_data, "tensor", schedule, cpu, False,
-                                           [build_model("lenet5", 10, seed=0)], [plan()],
-                                           lr_scale=T.FINETUNE_LR_SCALE, only_last=True)
+    nets, _, _ = T.fit(pack, [build_model("lenet5", 10, seed=0)], [plan()], lr_scale=lr_scale, only_last=True)
+    whole_scores, _ = T.score(pack, nets)
     whole = time.perf_counter() - t0
     t0 = time.perf_counter()
-    cached_scores, _, _ = frozen.finetune_heads([build_model("lenet5", 10, seed=0)], [plan()], train_data, test_data,
-                                             schedule, cpu, T.FINETUNE_LR_SCALE, stack=False)
+    cache = frozen.FeatureCache([build_model("lenet5", 10, seed=0)], [plan()], train_data, test_data,
+                                schedule.batch_size, schedule.iterations, cpu)
+    nets, _, _ = T.fit(pack, cache.heads, [plan()], lr_scale=lr_scale, source=cache)
+    cached_scores, _ = T.score(pack, nets, source=cache)
     cached = time.perf_counter() - t0
     print(f"phase 2, {a.iterations} iterations, subset {len(sub.indices)} images, 1 thread, "
           f"torch {torch.__version__}: whole network {whole:.1f} s, cached features {cached:.1f} s "

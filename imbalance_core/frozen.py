@@ -7,7 +7,8 @@ declares `cacheable_features`) and the inputs are not augmented (the in-memory a
 features of each training image the phase will draw, and of the test set, are computed once, and
 the head alone trains on them: the same batches, the same SGD steps (weight decay, momentum and the
 bias lr multiplier on the head only, as in the full network), without 10,000 repeated forward passes through the frozen
-layers. Results equal full fine-tuning up to floating-point reassociation (tests/test_trial.py).
+layers. `FeatureCache` is that cache, a batch source of `trial.fit` (the one training loop): phase 2 on it
+equals full fine-tuning up to floating-point reassociation (tests/test_trial.py).
 Measured (benchmarks/phase2_cache.py, one CPU thread, 10,000 iterations, a 25,025-image subset): whole
 network 127.2 s, cached features 17.4 s (7.3x), identical test scores. At a few hundred iterations, fewer
 draws than the subset holds, the two cost about the same.
@@ -23,7 +24,7 @@ import torch
 from .loaders import ArrayData, TensorLoader
 from .preprocess import identity
 from .sampling import SamplingPlan
-from .train import Schedule, StackedNets, TrainStats, train
+from .train import StackedNets
 
 
 def can_cache(model: torch.nn.Module | type, backend: str) -> bool:
@@ -51,52 +52,46 @@ def features(model: torch.nn.Module, data: ArrayData, rows: np.ndarray | None = 
     return torch.cat(out) if out else torch.empty(0)
 
 
-def finetune_heads(models: list[torch.nn.Module], plans: list[SamplingPlan], train_data: ArrayData,
-                   test_data: ArrayData, schedule: Schedule, device: torch.device, lr_scale: float,
-                   stack: bool, test_features: list[torch.Tensor | None] | None = None
-                   ) -> tuple[np.ndarray, list[TrainStats], list[dict[str, torch.Tensor]]]:
-    """Fine-tune the heads of phase-1 `models` on their `plans`.
+class FeatureCache:
+    """A batch source for `trial.fit`: phase 2 of a group of phase-1 `models` on cached features.
 
-    Returns (test scores (K, N, C), stats per network, the trained heads' state dicts (CPU tensors)).
-
-    `stack`: train the K heads as one vmap-stacked model (CUDA) or one after another (CPU).
-    `test_features[k]`: model k's test-set features if already computed (when phase 1 scored it).
+    The features of every training image their `plans` will draw in `iterations` steps of `batch_size`, and
+    of the test set, are computed once; `heads` (copies of the models' last layers) then train on them with
+    the one training loop (`trial.fit(..., source=cache)`): `loader` gives the same batches as the images
+    would, as rows of the cache. `score` gives the trained heads' test-set softmax scores. `seconds`: the
+    time the cache took (each network's TrainStats carries its share).
     """
-    B, T = schedule.batch_size, schedule.iterations
-    t0 = time.perf_counter()
-    train_data, test_data = train_data.to(device), test_data.to(device)
-    feats, ys, tables, tests, heads, offset = [], [], [], [], [], 0
-    test_features = test_features or [None] * len(models)
-    for model, plan, test_f in zip(models, plans, test_features):
-        model = model.to(device)
-        drawn = np.unique(plan.stream().take(T * B))            # every image this phase will see
-        table = np.full(len(plan.labels), -1, dtype=np.int64)
-        table[drawn] = offset + np.arange(len(drawn))
-        offset += len(drawn)
-        feats.append(features(model, train_data, drawn))
-        ys.append(train_data.y[torch.from_numpy(drawn).to(device)])
-        tables.append(table)
-        tests.append(features(model, test_data) if test_f is None else test_f.to(device))
-        heads.append(copy.deepcopy(model.head()))
-    data = ArrayData(torch.cat(feats), torch.cat(ys), identity)
-    cache_share = (time.perf_counter() - t0) / len(models)
 
-    groups = [list(range(len(models)))] if stack else [[k] for k in range(len(models))]
-    scores: list = [None] * len(models)
-    stats: list = [None] * len(models)
-    trained: list = [None] * len(models)
-    for g in groups:
-        nets = StackedNets([heads[k] for k in g], device, bias_lr_mult=getattr(models[0], "bias_lr_mult", 1.0))
-        loader = TensorLoader(data, [plans[k] for k in g], B, T, remap=[tables[k] for k in g])
-        st = train(nets, loader, schedule, lr_scale=lr_scale)
+    def __init__(self, models: list[torch.nn.Module], plans: list[SamplingPlan], train_data: ArrayData,
+                 test_data: ArrayData, batch_size: int, iterations: int, device: torch.device,
+                 test_features: list[torch.Tensor | None] | None = None):
+        """test_features[k]: model k's test-set features if already computed (when phase 1 scored it)."""
+        t0 = time.perf_counter()
+        train_data, test_data = train_data.to(device), test_data.to(device)
+        feats, ys, self.tables, self.tests, self.heads, offset = [], [], [], [], [], 0
+        for model, plan, test_f in zip(models, plans, test_features or [None] * len(models)):
+            model = model.to(device)
+            drawn = np.unique(plan.stream().take(iterations * batch_size))   # every image this phase will see
+            table = np.full(len(plan.labels), -1, dtype=np.int64)
+            table[drawn] = offset + np.arange(len(drawn))
+            offset += len(drawn)
+            feats.append(features(model, train_data, drawn))
+            ys.append(train_data.y[torch.from_numpy(drawn).to(device)])
+            self.tables.append(table)
+            self.tests.append(features(model, test_data) if test_f is None else test_f.to(device))
+            self.heads.append(copy.deepcopy(model.head()))
+        self.data = ArrayData(torch.cat(feats), torch.cat(ys), identity)
+        self.bias_lr_mult = float(getattr(models[0], "bias_lr_mult", 1.0))   # the full network's, on its head
+        self.seconds = time.perf_counter() - t0
+
+    def loader(self, plans: list[SamplingPlan], batch_size: int, iterations: int) -> TensorLoader:
+        """The batches of `plans` (those the cache was built for, in its order), as rows of the cache."""
+        return TensorLoader(self.data, plans, batch_size, iterations, remap=self.tables)
+
+    @torch.no_grad()
+    def score(self, nets: StackedNets) -> np.ndarray:
+        """Test-set softmax scores (K, N, C) of the trained heads (`nets`, stacked in the cache's order)."""
         nets.train(False)
-        with torch.no_grad():
-            sc = [torch.softmax(nets(torch.stack([tests[k][s:s + 1000] for k in g])).float(), dim=-1).cpu()
-                  for s in range(0, len(test_data.y), 1000)]
-        sc = torch.cat(sc, dim=1).numpy()
-        for j, (k, sd) in enumerate(zip(g, nets.state_dicts())):
-            scores[k], trained[k] = sc[j], sd
-            stats[k] = TrainStats(st.iterations, st.images // len(g), st.seconds / len(g) + cache_share,
-                                  [st.final_loss[j]])
-    return np.stack(scores), stats, trained
-
+        n = len(self.tests[0])
+        return torch.cat([torch.softmax(nets(torch.stack([t[s:s + 1000] for t in self.tests])).float(), dim=-1).cpu()
+                          for s in range(0, n, 1000)], dim=1).numpy()

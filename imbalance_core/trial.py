@@ -10,7 +10,7 @@ first phase with the plain ROS/RUS network of the same subset and seed when both
 A pack runs linearly: `plan_pack` says which phase-1 networks it trains (by `phase1_key`) and which
 phase 2s; for each training group `fit` trains, `score` scores the test set, and each network whose
 result is final becomes a `NetworkResult`. Phase 2 of LeNet-5 on in-memory arrays trains its heads on
-cached features instead (`frozen.finetune_heads`, where that is exact).
+cached features instead (a `frozen.FeatureCache` as the batch source of `fit`, where that is exact).
 """
 from __future__ import annotations
 
@@ -249,26 +249,38 @@ def _groups(n: int, stack: int) -> list[list[int]]:
 
 
 def fit(pack: Pack, models: list[torch.nn.Module], plans: list[SamplingPlan], *, lr_scale: float = 1.0,
-        only_last: bool = False, losses=None, log=None) -> tuple[StackedNets, list[TrainStats], tuple]:
+        only_last: bool = False, losses=None, log=None,
+        source: frozen.FeatureCache | None = None) -> tuple[StackedNets, list[TrainStats], tuple]:
     """Train `models` on their `plans` as one group (vmap-stacked when more than one) for the pack's schedule.
 
     losses: one loss function per model (None: cross-entropy for all).
-    Returns the trained networks, each network's TrainStats (its share of the group's time) and the
-    wall-clock (start, end) of the training loop (time.time() s).
+    source: where the batches come from: None, the pack's training images (its loader); a FeatureCache, the
+    cached features of phase-1 networks, on which `models` (its `heads`) train (frozen.py).
+    Returns the trained networks, each network's TrainStats (its share of the group's time, the cache's
+    included) and the wall-clock (start, end) of the training loop (time.time() s).
     """
     K, s = len(models), pack.schedule
-    nets = StackedNets(models, pack.device, channels_last=(K == 1 and pack.device.type == "cpu"))
-    loader = _loader(pack.backend, pack.ds, pack.train_data, plans, s, pack.device, s.iterations)
+    if source is None:
+        nets = StackedNets(models, pack.device, channels_last=(K == 1 and pack.device.type == "cpu"))
+        loader = _loader(pack.backend, pack.ds, pack.train_data, plans, s, pack.device, s.iterations)
+    else:
+        nets = StackedNets(models, pack.device, bias_lr_mult=source.bias_lr_mult)
+        loader = source.loader(plans, s.batch_size, s.iterations)
     st = train(nets, loader, s, lr_scale=lr_scale, only_last=only_last,
                log_every=max(1, s.iterations // 10) if log else 0, log=log or print, losses=losses)
     end = time.time()                              # the timed training loop ran [end - st.seconds, end]
-    stats = [TrainStats(st.iterations, st.images // K, st.seconds / K, [st.final_loss[j]]) for j in range(K)]
+    share = source.seconds / K if source is not None else 0.0
+    stats = [TrainStats(st.iterations, st.images // K, st.seconds / K + share, [st.final_loss[j]]) for j in range(K)]
     return nets, stats, (end - st.seconds, end)
 
 
-def score(pack: Pack, nets: StackedNets, keep_features: bool = False) -> tuple[np.ndarray, torch.Tensor | None]:
+def score(pack: Pack, nets: StackedNets, keep_features: bool = False,
+          source: frozen.FeatureCache | None = None) -> tuple[np.ndarray, torch.Tensor | None]:
     """Test-set softmax scores (K, N, C) of trained networks. keep_features (one network with `features`, the
-    test set in memory): scored through its test-set features and head in one pass, and those features kept."""
+    test set in memory): scored through its test-set features and head in one pass, and those features kept.
+    source: the FeatureCache the networks (heads) trained on: scored on its test-set features."""
+    if source is not None:
+        return source.score(nets), None
     if keep_features:
         f = frozen.features(nets.module, pack.test_data.to(pack.device))
         with torch.no_grad():
@@ -430,18 +442,18 @@ def run_trials(configs: list[TrialConfig], log=None, stack: bool | None = None,
                 m.load_state_dict(states1[k])
                 models.append(reinit_last(m, configs[i].seed) if ph.reinit_last else m)
             plans = [sampling(i, 2) for i in part]
-            if cached_phase2 and ph.only_last:
-                w0 = time.time()
-                scores, stats, heads = frozen.finetune_heads(
-                    models, plans, train_data, test_data, schedule, device, ph.lr_scale, pack.stack > 1,
-                    test_features=[features1.get(k) for k in ks])
-                window = (w0, time.time())
+            cache = frozen.FeatureCache(models, plans, train_data, test_data, schedule.batch_size, schedule.iterations,
+                                        device, [features1.get(k) for k in ks]) \
+                if cached_phase2 and ph.only_last else None
+            nets, stats, window = fit(pack, cache.heads if cache else models, plans, lr_scale=ph.lr_scale,
+                                      only_last=ph.only_last and cache is None, source=cache)
+            scores, _ = score(pack, nets, source=cache)
+            if cache is not None:                      # a head's state on top of its phase-1 network's
                 head = MODELS[c0.model].last_layers[-1]
-                states = [{**states1[k], **{f"{head}.{n}": v for n, v in h.items()}} for k, h in zip(ks, heads)]
+                states = [{**states1[k], **{f"{head}.{n}": v for n, v in h.items()}}
+                          for k, h in zip(ks, nets.state_dicts())]
                 feats = [features1.get(k) for k in ks]
             else:
-                nets, stats, window = fit(pack, models, plans, lr_scale=ph.lr_scale, only_last=ph.only_last)
-                scores, _ = score(pack, nets)
                 states, feats = nets.state_dicts(), [None] * len(part)
             for j, (i, k) in enumerate(zip(part, ks)):
                 finish(i, scores[j], [stats1[k], stats[j]], (windows1[k][0], window[1]), states[j], feats[j])

@@ -23,16 +23,22 @@ def untimed(r: dict) -> dict:
 
 @pytest.fixture
 def count_training(monkeypatch):
-    """Every train() call: (K, "phase1") from trial.py, (K, "phase2") from frozen.py (LeNet-5's phase 2
-    runs on cached features)."""
-    calls = []
-    for module in (T, frozen):
-        real = module.train
+    """Every train() call: (K, "phase1") on the training images, (K, "phase2") on cached features (LeNet-5's
+    phase 2: its batches come from a frozen.FeatureCache)."""
+    calls, caches = [], []
+    real = T.train
 
-        def spy(nets, loader, schedule, *a, _real=real, _what="phase1" if module is T else "phase2", **kw):
-            calls.append((nets.K, _what))
-            return _real(nets, loader, schedule, *a, **kw)
-        monkeypatch.setattr(module, "train", spy)
+    def spy(nets, loader, schedule, *a, **kw):
+        cached = any(getattr(loader, "data", None) is data for data in caches)
+        calls.append((nets.K, "phase2" if cached else "phase1"))
+        return real(nets, loader, schedule, *a, **kw)
+    real_init = frozen.FeatureCache.__init__
+
+    def init(self, *a, **kw):
+        real_init(self, *a, **kw)
+        caches.append(self.data)
+    monkeypatch.setattr(T, "train", spy)
+    monkeypatch.setattr(frozen.FeatureCache, "__init__", init)
     return calls
 
 

@@ -45,8 +45,9 @@ TIMING_KEYS = {"train_seconds", "images_per_second", "pack_seconds", "started_at
 
 @contextlib.contextmanager
 def spying():
-    """Record every train() call of trial.py (params before/after, K, only_last, lr_scale) and every
-    predict() output, while running the real functions."""
+    """Record every train() call of trial.py (params before/after, K, only_last, lr_scale, and what it trained on:
+    "images", or "features" for heads on cached features, frozen.FeatureCache) and every predict() output,
+    while running the real functions."""
     record = {"train": [], "predict": []}
     real_train, real_predict = T.train, T.predict
 
@@ -57,7 +58,8 @@ def spying():
         before = snap(nets)
         stats = real_train(nets, loader, schedule, lr_scale=lr_scale, only_last=only_last, **kw)
         record["train"].append(dict(K=nets.K, only_last=only_last, lr_scale=lr_scale, before=before,
-                                    after=snap(nets), last_layers=nets.last_layers, stats=stats))
+                                    after=snap(nets), last_layers=nets.last_layers, stats=stats,
+                                    on="features" if getattr(loader, "remap", None) is not None else "images"))
         return stats
 
     def spy_predict(nets, batches):
@@ -297,18 +299,18 @@ def test_thresholded_accuracy_uses_the_pre_sampling_priors():
 
 @contextlib.contextmanager
 def spying_heads():
-    """Record the test scores of every frozen.finetune_heads call (phase 2 on cached features)."""
+    """Record the test scores of the heads of every phase 2 on cached features (frozen.FeatureCache.score)."""
     from imbalance_core import frozen
     record = []
-    real = frozen.finetune_heads
+    real = frozen.FeatureCache.score
 
-    def spy(models, plans, *a, **kw):
-        scores, stats, heads = real(models, plans, *a, **kw)
+    def spy(self, nets):
+        scores = real(self, nets)
         record.append(np.asarray(scores).copy())
-        return scores, stats, heads
+        return scores
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(frozen, "finetune_heads", spy)
+        mp.setattr(frozen.FeatureCache, "score", spy)
         yield record
 
 
@@ -321,8 +323,11 @@ def test_two_phase_on_cached_features_equals_whole_network():
     configs = [base] + [dataclasses.replace(base, method=m) for m in ("two-phase-ros", "two-phase-rus")]
     with spying() as rec, spying_heads() as heads:
         cached = run_trials(configs)                          # the default where it is exact
-    # trial.train ran only the two phase-1 networks (ROS, RUS); no whole-network fine-tuning
-    assert [(t["K"], t["only_last"]) for t in rec["train"]] == [(1, False), (1, False)]
+    # the one training loop ran the two phase-1 networks (ROS, RUS) on images, then the two heads (lr x 0.1) on
+    # cached features; no whole-network fine-tuning
+    assert [(t["K"], t["only_last"], t["on"]) for t in rec["train"]] == [(1, False, "images")] * 2 + [
+        (1, False, "features")] * 2
+    assert [t["lr_scale"] for t in rec["train"]] == [1.0, 1.0, 0.1, 0.1]
     # one call per head on CPU (a checkpoint after each network): (2, 1000, 10) = two-phase ROS, two-phase RUS
     assert len(heads) == 2 and all(h.shape == (1, 1000, 10) for h in heads)
     alone_heads = np.concatenate(heads, axis=0)
@@ -342,7 +347,7 @@ def test_two_phase_on_cached_features_equals_whole_network():
     # stacked heads that did not train, or trained on other batches, fail.
     with spying() as rec_s, spying_heads() as heads_s:
         stacked = run_trials(configs, stack=True)
-    assert [(t["K"], t["only_last"]) for t in rec_s["train"]] == [(2, False)]        # phase 1 really stacked
+    assert [(t["K"], t["on"]) for t in rec_s["train"]] == [(2, "images"), (2, "features")]   # really stacked
     assert len(heads_s) == 1 and heads_s[0].shape == alone_heads.shape == (2, 1000, 10)
     stacked_heads = heads_s[0]
     # per network, the mean |score difference| (measured with Caffe's init and 2x bias lr: 4e-8 for two-phase ROS,
