@@ -104,12 +104,15 @@ class CpuByProcess:
         self.driver, self.cpu, self.kinds = driver, {}, {}
         # processes started with or after this run's driver (not an earlier run's survivors)
         self.t0 = Path(f"/proc/{driver}/stat").read_text().rsplit(")", 1)[1].split()[19]
-        self.machine0 = self._machine()
+        self.machine0, self.steal0 = self._machine()
+        self.steal = 0.0
 
     @staticmethod
-    def _machine() -> float:
-        f = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
-        return (sum(map(int, f)) - int(f[3]) - int(f[4])) / TICKS      # all but idle and iowait
+    def _machine() -> tuple[float, float]:
+        """(CPU seconds the machine's processes ran, seconds the hypervisor took from this VM: "steal")."""
+        f = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+        user, nice, system, irq, softirq, steal = f[0], f[1], f[2], f[5], f[6], f[7]
+        return (user + nice + system + irq + softirq) / TICKS, steal / TICKS
 
     def sample(self) -> None:
         for pid in (p for p in os.listdir("/proc") if p.isdigit()):
@@ -117,7 +120,8 @@ class CpuByProcess:
             if st and st[0] >= int(self.t0):
                 self.cpu[pid] = st[1]
                 self.kinds[pid] = kind(int(pid), self.driver, st[2])      # Ray renames its workers late
-        self.machine = self._machine() - self.machine0
+        machine, steal = self._machine()
+        self.machine, self.steal = machine - self.machine0, steal - self.steal0
 
     def line(self) -> str:
         by: dict[str, float] = {}
@@ -125,7 +129,8 @@ class CpuByProcess:
             by[self.kinds[pid]] = by.get(self.kinds[pid], 0.0) + c
         total = max(self.machine, 1e-9)
         return f"{self.machine:.0f} s of CPU on the machine = " + ", ".join(
-            f"{k} {v:.0f} s ({v / total:.0%})" for k, v in sorted(by.items(), key=lambda kv: -kv[1]))
+            f"{k} {v:.0f} s ({v / total:.0%})" for k, v in sorted(by.items(), key=lambda kv: -kv[1])) + \
+            f"; CPU taken by the hypervisor (steal) {self.steal:.0f} s"
 
 
 def run_driver(args: list[str], env: dict, log: Path, db: Path, kill_after: int | None, ray_tmp: Path) -> dict:
