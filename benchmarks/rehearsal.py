@@ -3,8 +3,10 @@ with the driver killed part-way and resumed.
 
     .venv/bin/python benchmarks/rehearsal.py [--kill-at 0.5] [--out DIR] [-- FULL_GRID_ARGS...]
 
-FULL_GRID_ARGS default to `--preset mnist --data-dir ../shared/data` (23,000 networks, 4,500 trials); pass
-e.g. `-- --preset mnist --data-dir ../shared/data --rho 10 100` for a slice. The driver runs as its own
+FULL_GRID_ARGS default to `--preset mnist --data-dir ../shared/data --max-concurrent 1` (23,000 networks, 4,500
+trials; one trial at a time: a rehearsed trial is shorter than a Ray actor's start, and Tune's actor reuse would
+only churn a second worker, see README "The driver at scale"); pass e.g. `-- --preset mnist --data-dir
+../shared/data --rho 10 100 --max-concurrent 1` for a slice. The driver runs as its own
 process (its own session and Ray temp dir), is SIGKILLed once `--kill-at` of the networks are in MLflow
 (0: never), and is then run again with `--resume`. Prints, as rates and ratios:
   wall time (first run, resumed run, total), with the machine's CPU of each run split by process (the
@@ -184,7 +186,8 @@ def driver_line(lines: list[str]) -> dict:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     extra = argv[argv.index("--") + 1:] if "--" in argv else ["--preset", "mnist", "--data-dir",
-                                                              str((ROOT / ".." / "shared" / "data").resolve())]
+                                                              str((ROOT / ".." / "shared" / "data").resolve()),
+                                                              "--max-concurrent", "1"]
     own = argv[:argv.index("--")] if "--" in argv else argv
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--kill-at", type=float, default=0.5, help="fraction of the networks logged before the kill")
