@@ -13,6 +13,7 @@ Choices this module makes where the paper is silent (documented in the README):
 """
 from __future__ import annotations
 
+import hashlib
 import math
 import numbers
 from dataclasses import dataclass
@@ -105,6 +106,11 @@ class Subset:
     def priors(self) -> np.ndarray:
         c = np.asarray(self.counts, dtype=np.float64)
         return c / c.sum()
+
+    @property
+    def digest(self) -> str:
+        """The subset's identity: sha256 of its indices into the training set (int64 little-endian), hex."""
+        return hashlib.sha256(np.asarray(self.indices, dtype="<i8").tobytes()).hexdigest()
 
 
 def draw_subset(labels: np.ndarray, counts_by_rank: list[int], order: str, seed: int) -> Subset:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
-import hashlib
 import json
 import math
 import os
@@ -388,8 +387,7 @@ def run_trials(configs: list[TrialConfig], log=None, stack: bool | None = None,
         results[i] = step[0][i] = NetworkResult(
             **evaluate(y_test, scores, sub.priors), posthoc=post, accuracy_posthoc_best=best,
             train_examples=int(len(sub.indices)),
-            # the training subset's identity: sha256 of its indices into the training set (int64 LE)
-            subset_digest=hashlib.sha256(np.asarray(sub.indices, dtype="<i8").tobytes()).hexdigest(),
+            subset_digest=sub.digest,                          # the training subset's identity
             class_counts=list(sub.counts), sampled_counts=sampled, epoch_examples=int(sum(sampled)),
             iterations=stats[0].iterations, finetune_iterations=stats[1].iterations if len(stats) > 1 else 0,
             finetune_on=("cached features" if cached_phase2 and spec.phases[-1].only_last else "whole network")

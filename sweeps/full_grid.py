@@ -241,12 +241,9 @@ def run_sweep(plan: Plan, opts: SweepOptions) -> int:
     _TRACKING_URIS[plan.sweep] = plan.tracking_uri
     _LOGGERS.pop(plan.sweep, None)
     prestart(plan.tracking_uri, plan.sweep, plan.rehearsal)        # reads MLflow's runs while Ray starts
+    started = False
     try:
         started = _init_ray(opts)
-    except BaseException:
-        discard_prestarted(plan.sweep)
-        raise
-    try:
         trainable = tune.with_resources(rehearse_pack if plan.rehearsal else train_pack,
                                         {"cpu": opts.cpus_per_trial, "gpu": opts.gpus_per_trial})
         if opts.resume:

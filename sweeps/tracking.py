@@ -89,8 +89,8 @@ def use_wal(uri: str) -> None:
     """An embedded store (sqlite:///path) in SQLite's write-ahead-log mode, set once in the database file: the
     driver's logging processes write into one store together, and in the default rollback-journal mode each
     commit (MLflow makes about eight per network) rewrites and syncs a journal file while the other writer
-    waits. Measured, 2 processes logging 300 networks into one store: 15.1 -> 18.9 networks/s, CPU per
-    network 89 -> 80 ms (benchmarks/results/sqlite_wal.txt). Durability is unchanged (synchronous=FULL). No-op
+    waits. Measured, 2 processes logging 300 networks into one store: 14.2 -> 17.8 networks/s, CPU per
+    network 0.91x (benchmarks/results/sqlite_wal.txt). Durability is unchanged (synchronous=FULL). No-op
     for other stores, and if the database is busy (the next sweep tries again)."""
     import sqlite3
     if not uri.startswith("sqlite:///"):
@@ -425,7 +425,6 @@ class Tracker:
         if self._index is not None:
             self._index[key] = [(run_id, "FINISHED")]
         return True
-
 
     def _log_input(self, run_id: str, dataset) -> None:
         """log_inputs, once more if another logging process created the same dataset (a subset shared by networks

@@ -202,16 +202,12 @@ def _subset_facts(dataset: str, data_dir: str | None, imbalance: str, n: int, rh
                   sampler: str, level: float | None) -> tuple:
     """(size, sha256 of the indices, class counts, sampled counts) of a training subset: the same for every
     method of a cell and seed (a pack holds several), so drawn once per worker."""
-    import hashlib
-
-    import numpy as np
-
     from imbalance_core.imbalance import make_subset
     from imbalance_core.sampling import SamplingPlan
     y_train = _template(TrialConfig(dataset=dataset, data_dir=data_dir))[0]
     sub = make_subset(y_train, dataset, imbalance, n, rho, mu, seed)
-    return (int(len(sub.indices)), hashlib.sha256(np.asarray(sub.indices, dtype="<i8").tobytes()).hexdigest(),
-            list(sub.counts), SamplingPlan(sub, y_train, sampler=sampler, level=level).counts)
+    return (int(len(sub.indices)), sub.digest, list(sub.counts),
+            SamplingPlan(sub, y_train, sampler=sampler, level=level).counts)
 
 
 def synthetic_result(c: TrialConfig, node_time: float) -> dict:
