@@ -38,6 +38,39 @@ def test_logging_process_logs_once_names_errors_and_is_replaced_when_it_dies(tmp
         (trial_key(c, sweep), "FINISHED") for c in configs[:2])
 
 
+def check_the_index_is_what_search_runs_returns(uri: str, monkeypatch) -> None:
+    """`Tracker.index_runs` reads (trial_key, run id, status) from the store's tables in one query: it must equal
+    what MLflow's search_runs returns (the path of a tracking server) for FINISHED, FAILED and RUNNING runs, and
+    leave out a deleted run, a run without a trial_key and a run of another sweep."""
+    from mlflow.tracking import MlflowClient
+    sweep = f"index-{abs(hash(uri)) % 10_000}"
+    tracker, other = Tracker(uri, sweep), Tracker(uri, sweep + "-other")
+    configs = [TrialConfig(dataset="mnist-sample", imbalance="step", rho=10, mu=0.5, method="baseline", seed=s,
+                           iterations=2, device="cpu") for s in range(4)]
+    results = [r.to_dict() for r in rehearse_trials(configs)]
+    keys = [trial_key(c, sweep) for c in configs]
+    for c, r in zip(configs[:2], results):
+        tracker.log_network(c, r, "p0")
+    other.log_network(configs[2], results[2], "p1")
+    client = MlflowClient(tracking_uri=uri)
+    runs = {r.data.tags["trial_key"]: r.info.run_id for r in client.search_runs([tracker.experiment_id])}
+    client.delete_run(runs[keys[1]])
+    running = client.create_run(tracker.experiment_id, tags={"trial_key": keys[2]}).info.run_id
+    failed = client.create_run(tracker.experiment_id, tags={"trial_key": keys[3]}).info.run_id
+    client.set_terminated(failed, "FAILED")
+    client.create_run(tracker.experiment_id, tags={"note": "no trial key"})
+    want = {keys[0]: [(runs[keys[0]], "FINISHED")], keys[2]: [(running, "RUNNING")], keys[3]: [(failed, "FAILED")]}
+    assert tracker.index_runs() == want
+    assert tracker.existing_keys() == {keys[0]}
+    monkeypatch.setattr("mlflow.store.tracking.sqlalchemy_store.SqlAlchemyStore", type("NotThisStore", (), {}))
+    assert tracker.index_runs() == want                  # through search_runs, as from a tracking server
+    assert tracker.existing_keys() == {keys[0]}
+
+
+def test_the_index_read_from_the_stores_tables_is_what_search_runs_returns(tmp_path, monkeypatch):
+    check_the_index_is_what_search_runs_returns(f"sqlite:///{tmp_path}/mlflow.db", monkeypatch)
+
+
 def test_a_logging_process_that_cannot_start_says_why(tmp_path):
     lp = LoggingProcess(f"sqlite:///{tmp_path}/no-such-dir/x/mlflow.db", "lp", False)
     lp.command = [lp.command[0], "-c", "raise SystemExit(3)"]

@@ -239,6 +239,11 @@ def no_ray(monkeypatch):
     monkeypatch.setattr(full_grid, "_init_ray", refuse)
 
 
+def test_the_index_read_from_postgresqls_tables_is_what_search_runs_returns(pg, monkeypatch):
+    from test_logging_process import check_the_index_is_what_search_runs_returns
+    check_the_index_is_what_search_runs_returns(pg.uri(pg.password_file.read_text().strip()), monkeypatch)
+
+
 # --------------------------------------------------------------------------- bad input
 
 @pytest.mark.parametrize("case", ["wrong password", "missing database"])
