@@ -329,7 +329,7 @@ class Tracker:
 
         From a database store (sqlite, PostgreSQL) in one query of MLflow's own tables through its store's
         session and models: `search_runs` would load each run's ~106 metrics and ~25 params and tags only
-        for these three fields, 5 ms of CPU per run (about 2 minutes at 23,000 runs, on the critical path
+        for these three fields, ~6 ms of CPU per run (over 2 minutes at 23,000 runs, on the critical path
         of a resumed sweep), where the query takes well under a second (benchmarks/results/index_read.txt).
         Through `search_runs` from a tracking server, or if this MLflow's store lacks those internals."""
         try:
