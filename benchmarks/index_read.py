@@ -56,6 +56,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"search_runs:         wall {slow_wall:7.2f} s, CPU {slow_cpu:7.2f} s ({1000 * slow_cpu / max(n, 1):.2f} ms per run)")
     print(f"the store's tables:  wall {fast_wall:7.2f} s, CPU {fast_cpu:7.2f} s ({1000 * fast_cpu / max(n, 1):.3f} ms per run)")
     print(f"ratio (tables / search_runs): wall {fast_wall / slow_wall:.4f}x, CPU {fast_cpu / slow_cpu:.4f}x")
+    if not a.db:                                 # the fresh store was ours: leave nothing behind
+        import shutil
+        shutil.rmtree(folder, ignore_errors=True)
     return 0 if same else 1
 
 
