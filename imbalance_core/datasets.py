@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import gzip
+import hashlib
 import os
 import pickle
 from dataclasses import dataclass
@@ -93,6 +94,33 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None) -> ArrayD
     if data_dir is None:
         raise DatasetError(f"dataset {name!r} needs a data_dir (the folder holding its files), got None")
     return reader(data_dir)
+
+
+def digest(ds: ArrayDataset | FileDataset) -> str:
+    """The dataset's identity, independent of the folder it was read from: sha256 hex of its name and of
+    what was read (in-memory arrays: their dtype, shape and bytes; an image folder: each file's path below
+    the split's class folders, its size and label). Computed once per dataset object in a process."""
+    hit = _DIGESTS.get(id(ds))
+    if hit is not None and hit[0] is ds:
+        return hit[1]
+    h = hashlib.sha256(ds.name.encode() + b"\0")
+    if isinstance(ds, FileDataset):
+        for files, ys in ((ds.train_files, ds.train_y), (ds.test_files, ds.test_y)):
+            for f, y in zip(files, ys):
+                p = Path(f)
+                h.update(f"{p.parent.name}/{p.name}\0{p.stat().st_size}\0{int(y)}\n".encode())
+    else:
+        for a in (ds.train_x, ds.train_y, ds.test_x, ds.test_y):
+            a = np.ascontiguousarray(a)
+            h.update(f"{a.dtype.str}{a.shape}".encode())
+            h.update(memoryview(a).cast("B"))
+    if len(_DIGESTS) >= 8:
+        _DIGESTS.clear()
+    _DIGESTS[id(ds)] = (ds, h.hexdigest())
+    return _DIGESTS[id(ds)][1]
+
+
+_DIGESTS: dict[int, tuple[object, str]] = {}       # id(ds) -> (ds, digest); ds kept so ids stay unique
 
 
 # --------------------------------------------------------------------------- helpers

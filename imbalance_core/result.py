@@ -97,6 +97,8 @@ class NetworkResult(Mapping):
     loader: str = _f("the training loader backend: tensor, torch or ffcv")
     model: str = _f("lenet5, allcnnc or resnet10", "param")
     test_examples: int = _f("size of the balanced test set")
+    data_digest: str = _f("the dataset's identity: `datasets.digest` (its name and what was read, not the folder it "
+                          "was read from); empty in results from before it was recorded", "param", default="")
     node_id: str | None = _f("the Ray node that trained it (set by the sweep's trainable; absent outside a "
                              "sweep)", "tag", default=None)
 
@@ -157,6 +159,8 @@ _PLAIN = frozenset(f.name for f in dataclasses.fields(NetworkResult)) - {"postho
 MLFLOW_SCALARS = tuple(f.name for f in dataclasses.fields(NetworkResult) if f.metadata["mlflow"] == "metric"
                        and f.name != BEST_POSTHOC)
 PER_CLASS = tuple(f.name for f in dataclasses.fields(NetworkResult) if f.metadata["mlflow"] == "per_class")
+OPTIONAL_FIELDS = frozenset(f.name for f in dataclasses.fields(NetworkResult) if f.default is not dataclasses.MISSING)
+RESULT_PARAMS = tuple(f.name for f in dataclasses.fields(NetworkResult) if f.metadata["mlflow"] == "param")
 
 
 def is_posthoc(key: str) -> bool:

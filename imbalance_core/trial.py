@@ -42,6 +42,8 @@ from .sampling import SamplingPlan
 from .train import Schedule, StackedNets, TrainStats, predict, schedule_for, train
 
 
+LOCATION_FIELDS = ("data_dir",)     # where a config's data sits: not part of what the network is
+
 
 @dataclass(frozen=True)
 class TrialConfig:
@@ -68,6 +70,12 @@ class TrialConfig:
         if unknown:
             raise ValueError(f"unknown trial config keys {unknown}; allowed: {sorted(names)}")
         return cls(**d)
+
+    def identity(self) -> dict:
+        """The config as it identifies a network: every field but where its data sat (`data_dir`), so that
+        the same network read from another folder (another machine, a clone, a cluster's /shared) is the
+        same network: its trial key, MLflow params and result.json; the data is identified by its digest."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if k not in LOCATION_FIELDS}
 
     @property
     def n(self) -> int:
@@ -397,7 +405,8 @@ def run_trials(configs: list[TrialConfig], log=None, stack: bool | None = None,
             started_at=window[0], ended_at=window[1],          # its training loop (two-phase: to phase 2's end)
             images_per_second=stats[0].images_per_second, final_loss=stats[-1].final_loss[0],
             pack_size=len(configs), pack_seconds=time.perf_counter() - t_start,   # the pack's start to this end
-            device=str(device), loader=backend, model=c0.model, test_examples=int(len(y_test)))
+            device=str(device), loader=backend, model=c0.model, test_examples=int(len(y_test)),
+            data_digest=D.digest(ds))
 
     # Phase 1: every distinct network once; one that only two-phase networks still need and whose state is
     # given (`phase1`) is not trained again.

@@ -70,8 +70,8 @@ from .grids import cell_of, describe
 from .mlflow_callback import (_LOGGERS, _TRACKING_URIS, TRACKING_REDIRECT, DriverCost, MlflowLogger,  # noqa: F401
                               discard_prestarted, prestart, reconcile)
 from .plan import (DEFAULT_PRICE_PER_GPU_HOUR, DEFAULT_TRACKING_RETRY_S, META_FILE, Plan,  # noqa: F401
-                   SweepOptions, UsageError, dry_run_report, duration, normalize_tracking_uri, parse_options,
-                   plan_sweep)
+                   SweepOptions, UsageError, dry_run_report, duration, logged_keys, normalize_tracking_uri,
+                   parse_options, plan_sweep, without_logged)
 from .trainable import is_final, pack_results, rehearse_pack, train_pack
 from .tracking import REPO_ROOT, TrackingError, check_tracking_uri, redact
 
@@ -252,6 +252,10 @@ def run_sweep(plan: Plan, opts: SweepOptions) -> int:
                 _move_tracking(plan)
             tuner = tune.Tuner.restore(str(plan.sweep_dir), trainable=trainable, resume_errored=True)
         else:
+            plan, dropped = without_logged(plan, tracker.existing_keys())
+            if dropped:
+                print(f"[sweep {plan.sweep}] {dropped} networks of this plan are already in MLflow (FINISHED): "
+                      f"not trained again", flush=True)
             plan.sweep_dir.mkdir(parents=True, exist_ok=True)
             (plan.sweep_dir / META_FILE).write_text(json.dumps({
                 "sweep": plan.sweep, "preset": opts.preset, "argv": [redact(x) for x in opts.argv],
@@ -351,6 +355,11 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"[dry-run] sweep {plan.sweep} at {plan.sweep_dir}: {plan.n_networks:,} networks in "
                       f"{plan.n_trials:,} trials; MLflow {redact(plan.tracking_uri)}")
             else:
+                logged = logged_keys(plan.tracking_uri, plan.sweep)
+                if logged:
+                    plan, dropped = without_logged(plan, logged)
+                    print(f"[dry-run] {dropped} networks of this plan are already in MLflow (FINISHED) and are "
+                          f"left out below")
                 print(dry_run_report(plan, opts))
             return 0
         try:

@@ -111,17 +111,18 @@ PRESETS: dict[str, Grid] = {g.name: g for g in (
                     "cells x 5 methods x 3 runs, partial ROS/RUS at rho 1000 (levels 2, 10, 100), 600 iterations "
                     "(the paper: 10,000; --iterations 10000 runs the paper's budget)"),
     Grid("mnist-paper", "mnist", (
-        Block("step", (1000,), (0.5,), repetitions=3),
-        Block("balanced", (1,), methods=("baseline",), repetitions=3),
-        Block("step", (10, 5000), (0.5,), repetitions=3),
-        Block("step", (1000,), (0.9,), repetitions=3),
-        Block("linear", (1000,), repetitions=3),
-        Block("step", (1000,), (0.5,), PARTIAL_METHODS, (10, 100), repetitions=3),
+        Block("step", (1000,), (0.5,), repetitions=6),
+        Block("step", (1000,), (0.5,), PARTIAL_METHODS, (10, 100), repetitions=6),
+        Block("balanced", (1,), methods=("baseline",), repetitions=6),
+        Block("step", MNIST_RHOS, (0.5,), repetitions=6),
+        Block("step", (1000,), (0.9,), repetitions=6),
+        Block("linear", (1000,), repetitions=6),
+        Block("linear", (10, 100, 5000), repetitions=6),
     ), iterations=None,
-        description="MNIST at the paper's length (10,000 iterations per phase), sized for ~2.5 h on 2 CPU cores: "
-                    "balanced; step mu 0.5 at rho 10, 1000, 5000; step mu 0.9 and linear at rho 1000; the five "
-                    "training regimes (+ thresholded metrics); partial ROS/RUS at rho 1000, levels 10 and 100; 3 "
-                    "repetitions per cell (rho 1000, mu 0.5 first)"),
+        description="MNIST at the paper's length (10,000 iterations per phase), 6 repetitions (seeds 0-5, paired "
+                    "across methods): step mu 0.5 at all 9 rho of the paper; the balanced set; step mu 0.9 and "
+                    "linear at rho 1000; linear at rho 10, 100, 5000; the five training regimes (+ thresholded "
+                    "metrics); partial ROS/RUS at rho 1000, levels 10 and 100 (rho 1000 mu 0.5 first)"),
     Grid("beyond", "mnist", (
         Block("step", (1000,), (0.5,), PAPER_METHODS + BEYOND_METHODS, repetitions=3),
         Block("exponential", (100,), methods=PAPER_METHODS + BEYOND_METHODS, repetitions=3),

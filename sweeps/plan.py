@@ -33,7 +33,7 @@ from imbalance_core.trial import TrialConfig
 
 from . import grids
 from .grids import Overrides, cell_of, pack, training_images
-from .tracking import default_tracking_uri, redact
+from .tracking import default_tracking_uri, local_store_dir, redact, trial_key
 
 META_FILE = "sweep.json"          # our own record next to Tune's state: tracking URI, totals, data
 # Assumed training throughput (images/s) for the dry-run estimate: LeNet-5 measured on one CPU core
@@ -337,6 +337,29 @@ def plan_sweep(opts: SweepOptions) -> Plan:
                                  "--tracking-uri" if opts.tracking_uri else "$MLFLOW_TRACKING_URI")
     return Plan(sweep, sweep_dir, uri, packs, f"<= {size} ({how})",
                 len(packs), len(configs), data, rehearsal=opts.rehearse)
+
+
+def without_logged(plan: Plan, logged: set[str]) -> tuple[Plan, int]:
+    """The plan less the networks whose trial key MLflow already holds as FINISHED (a sweep that logs into
+    a store holding its earlier networks, e.g. a published page grown by more seeds: they are not trained
+    again); packs left empty are dropped. (plan, networks dropped)."""
+    packs = [kept for p in plan.packs if (kept := [c for c in p if trial_key(c, plan.sweep) not in logged])]
+    n = sum(map(len, packs))
+    return dataclasses.replace(plan, packs=packs, n_trials=len(packs), n_networks=n), plan.n_networks - n
+
+
+def logged_keys(uri: str, sweep: str) -> set[str] | None:
+    """The FINISHED trial keys of `sweep` in an embedded store that exists (for --dry-run, which starts
+    no tracking server); None for another store or a missing file."""
+    folder = local_store_dir(uri)
+    if folder is None or not Path(uri.removeprefix("sqlite:///")).is_file():
+        return None
+    from mlflow.tracking import MlflowClient
+    from .tracking import Tracker
+    exp = MlflowClient(tracking_uri=uri).get_experiment_by_name(sweep)
+    if exp is None or exp.lifecycle_stage != "active":
+        return None
+    return Tracker(uri, sweep).existing_keys()
 
 
 def pack_seconds(pack_: list[TrialConfig], device: str, per_trial: float) -> float:

@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import csv
 import math
+import os
 import sys
 from collections import defaultdict
 from pathlib import Path
@@ -202,10 +203,20 @@ def _pm(row: dict, metric: str) -> str:
     return f"{m:.2f} ± {s:.2f}" if s is not None else f"{m:.2f}"
 
 
+def store_name(tracking_uri: str, out_dir: Path) -> str:
+    """The store as a page names it: an embedded store by its path relative to the page's folder (a page
+    and its store travel together: no machine's absolute path), any other by its URI without a password."""
+    from .tracking import local_store_dir, redact
+    if local_store_dir(tracking_uri) is None:
+        return redact(tracking_uri)
+    db = Path(tracking_uri.removeprefix("sqlite:///")).resolve()
+    return f"sqlite:///{os.path.relpath(db, Path(out_dir).resolve())} (relative to this folder)"
+
+
 def write_markdown(sweep: str, tracking_uri: str, n_runs: int, rows: list[dict], figures: list[Path],
                    skipped: dict[str, str], path: Path) -> None:
     lines = [f"# Sweep `{sweep}`", "",
-             f"{n_runs} finished runs read from `{tracking_uri}`; {len(rows)} groups. "
+             f"{n_runs} finished runs read from `{store_name(tracking_uri, path.parent)}`; {len(rows)} groups. "
              "Values are mean ± sample std (ddof=1) over repetitions (n; std omitted when n = 1), x100. "
              "`acc +thr` is the accuracy of the same networks with thresholding (scores divided by the "
              "pre-sampling class priors). `best post-hoc` is the best of the plain accuracy and the post-hoc "

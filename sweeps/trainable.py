@@ -197,6 +197,12 @@ def _template(c: TrialConfig) -> tuple:
     return _TEMPLATES[key]
 
 
+@functools.lru_cache(maxsize=8)
+def _data_digest(dataset: str, data_dir: str | None) -> str:
+    from imbalance_core import datasets as D
+    return D.digest(D.load_dataset(dataset, data_dir))
+
+
 @functools.lru_cache(maxsize=64)
 def _subset_facts(dataset: str, data_dir: str | None, imbalance: str, n: int, rho: float, mu: float, seed: int,
                   sampler: str, level: float | None) -> tuple:
@@ -242,6 +248,7 @@ def synthetic_result(c: TrialConfig, node_time: float) -> dict:
     r.update({
         "train_examples": size,
         "subset_digest": digest,
+        "data_digest": _data_digest(c.dataset, c.data_dir),
         "class_counts": list(counts),
         "sampled_counts": list(sampled),
         "epoch_examples": int(sum(sampled)),

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from imbalance_core import datasets as D
 from imbalance_core.trial import TrialConfig
 from sweeps import full_grid
 from sweeps.grids import cell_of, describe
@@ -204,8 +205,9 @@ def test_every_network_follows_the_mlflow_contract(sweep, tmp_path):
         t = r.data.tags
         assert (t["sweep"], t["cell"], t["method"]) == (SWEEP, cell_of(cfg), cfg.method) and t["pack_id"]
         p = r.data.params
-        fields = {k: str(v) for k, v in dataclasses.asdict(cfg).items() if k != "batch_size"}
-        assert {k: p[k] for k in fields} == fields
+        fields = {k: str(v) for k, v in cfg.identity().items() if k != "batch_size"}
+        assert {k: p[k] for k in fields} == fields and "data_dir" not in p      # no folder of this machine
+        assert p["data_digest"] == D.digest(D.load_dataset(cfg.dataset, cfg.data_dir))
         assert p["batch_size"] == "64" and p["base_lr"] == "0.01" and p["model"] == "lenet5" and p["code_version"]
         m = r.data.metrics
         for k in ("auc", "accuracy", "accuracy_thresholded", "train_seconds", "images_per_second", "final_loss",
@@ -221,7 +223,8 @@ def test_every_network_follows_the_mlflow_contract(sweep, tmp_path):
             blob = (local / png).read_bytes()
             assert blob[:8] == b"\x89PNG\r\n\x1a\n" and len(blob) > 5000
         doc = json.loads((local / "result.json").read_text())
-        assert doc["config"] == dataclasses.asdict(cfg) and doc["trial_key"] == t["trial_key"]
+        assert doc["config"] == cfg.identity() and doc["trial_key"] == t["trial_key"]
+        assert doc["data_digest"] == p["data_digest"]
         assert doc["auc"] == pytest.approx(m["auc"]) and len(doc["confusion_matrix"]) == 10
         if cfg.method == "two-phase-ros":
             assert doc["finetune_iterations"] == 10

@@ -57,18 +57,22 @@ def test_imagenet_preset_is_the_papers_table():
 
 
 def test_mnist_paper_preset_has_the_cells_the_published_run_needs():
-    """Issue 11's slice at the paper's length: every cell asked for, 3 repetitions, rho 1000 mu 0.5 first."""
+    """Issue 25's grid at the paper's length: step mu 0.5 at all 9 rho of the paper, every other cell of the
+    published page, linear at rho 10, 100, 5000; 6 repetitions (seeds 0-5); rho 1000 mu 0.5 first."""
     cs = expand(PRESETS["mnist-paper"], DATA)
     assert all(c.iterations is None and c.schedule.iterations == 10_000 for c in cs)
     cells = Counter((c.imbalance, c.rho, c.mu if c.imbalance == "step" else None, c.method, c.level) for c in cs)
-    assert set(cells.values()) == {3}                                    # 3 repetitions everywhere
-    assert {c.seed for c in cs} == {0, 1, 2}
-    for imb, rho, mu in (("step", 10, .5), ("step", 1000, .5), ("step", 5000, .5), ("step", 1000, .9),
-                         ("linear", 1000, None)):
+    assert set(cells.values()) == {6}                                    # 6 repetitions everywhere
+    assert {c.seed for c in cs} == set(range(6))
+    wanted = [("step", rho, .5) for rho in MNIST_RHOS] + [("step", 1000, .9)] + \
+        [("linear", rho, None) for rho in (10, 100, 1000, 5000)]
+    for imb, rho, mu in wanted:
         assert {m for (i, r, u, m, lv) in cells if (i, r, u, lv) == (imb, rho, mu, None)} == set(PAPER_METHODS)
+    assert len({(i, r, u) for (i, r, u, m, lv) in cells}) == len(wanted) + 1      # + the balanced set
     assert {(m, lv) for (i, r, u, m, lv) in cells if lv is not None} == {
         (m, float(lv)) for m in ("partial-ros", "partial-rus") for lv in (10, 100)}
-    assert ("balanced", 1.0, None, "baseline", None) in cells and len(cs) == 90
+    assert ("balanced", 1.0, None, "baseline", None) in cells
+    assert len(cs) == 6 * (len(wanted) * 5 + 1 + 4)
     first = pack(cs, 5)[0]                                               # the cell the note reports runs first
     assert {cell_of(c) for c in first} == {"mnist/step/rho1000/mu0.5"} and {c.seed for c in first} == {0}
 

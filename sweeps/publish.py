@@ -1,0 +1,232 @@
+#!/usr/bin/env python
+"""Make a published page's MLflow store travel with the repository.
+
+    python sweeps/publish.py docs/results/<page> [--data-dir ../shared/data]
+    python sweeps/publish.py --check docs/results/*        # exit 1 naming any absolute machine path
+
+A page (`docs/results/<page>/`) holds its own store: `mlflow.db` and `mlartifacts/`. A sweep writes this
+machine's absolute paths into a store: the experiments' artifact locations and each run's artifact URI,
+and, in runs logged before the data was identified by its digest, the `data_dir` param, a `trial_key`
+computed with it, the training subset's dataset source and the config in each `result.json`. Cloned into
+another folder, such a store points at files that are not there, and a sweep resumed into it from
+another data folder would not know its own networks. This rewrites the store in place:
+
+- artifact locations relative to the page's folder (`mlartifacts/<sweep>/...`): `Tracker.artifact_uri`
+  writes new runs' artifacts there, and `mlflow ui` started in the page's folder finds them;
+- `data_dir` params replaced by `data_digest` (`imbalance_core.datasets.digest` of the data read from
+  `--data-dir`, or from the folder the param names), `trial_key` tags recomputed without `data_dir`
+  (each old key is first checked against the run's params: a run whose params do not reproduce its key
+  is refused), dataset sources and `result.json` configs without the folder;
+- the database back in rollback-journal mode (one self-contained file to commit).
+
+It reads and writes MLflow's tables with sqlite3 (the schema of MLflow 3.17; `tests/test_publish.py`
+checks a store written by this MLflow). Idempotent.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import re
+import sqlite3
+import sys
+from pathlib import Path
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from imbalance_core import datasets as D
+from imbalance_core.trial import TrialConfig
+
+from sweeps.tracking import trial_key
+
+STORE, ARTIFACTS = "mlflow.db", "mlartifacts"
+# An absolute path of a machine, as it appears in text: a file URI, or a POSIX path at a usual root.
+ABSOLUTE = re.compile(r"file://|(?<![\w.~-])/(?:work|home|tmp|root|Users|mnt|opt|srv|var|data|shared)/")
+TEXT_SUFFIXES = (".md", ".csv", ".json", ".txt", ".yaml", ".yml")
+
+
+def relative_location(location: str) -> str:
+    """An artifact location or URI relative to the page's folder: its tail from `mlartifacts/` (a sweep's
+    store) or `mlruns/` (MLflow's Default experiment). A relative one is returned as it is."""
+    path = location.removeprefix("file://")
+    if not path.startswith("/"):
+        return location
+    for marker in (f"/{ARTIFACTS}/", "/mlruns/"):
+        if marker in path:
+            return path[path.rindex(marker) + 1:]
+    raise ValueError(f"artifact location {location!r} is neither under {ARTIFACTS}/ nor mlruns/: cannot make it "
+                     f"relative to the page")
+
+
+def config_from_params(params: dict[str, str]) -> TrialConfig:
+    """The TrialConfig a run's params were logged from (str(value) of each field; 'None' for None)."""
+    kw = {}
+    for f in dataclasses.fields(TrialConfig):
+        if f.name not in params:
+            continue
+        v = params[f.name]
+        types = str(f.type)
+        if v == "None" and "None" in types:
+            kw[f.name] = None
+        elif types.startswith("float"):
+            kw[f.name] = float(v)
+        elif types.startswith("int"):
+            kw[f.name] = int(v)
+        else:
+            kw[f.name] = v
+    return TrialConfig(**kw)
+
+
+def _old_key(config: TrialConfig, sweep: str) -> str:
+    """The trial key as it was computed before data_dir left it (the whole config)."""
+    canon = json.dumps({**dataclasses.asdict(config), "sweep": sweep}, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha1(canon.encode()).hexdigest()
+
+
+def _config_of_key(params: dict[str, str], data_dir: str | None, sweep: str, key: str) -> TrialConfig | None:
+    """The config whose old trial key is `key`: the params as logged, or with batch_size None (the
+    tracker logs the effective batch size under the config's name, so a config that left it to the
+    dataset's schedule logged a number); None if neither reproduces the key."""
+    config = dataclasses.replace(config_from_params(params), data_dir=data_dir)
+    for candidate in (config, dataclasses.replace(config, batch_size=None)):
+        if _old_key(candidate, sweep) == key:
+            return candidate
+    return None
+
+
+class _Digests:
+    def __init__(self, data_dir: str | None):
+        self.data_dir, self.cache = data_dir, {}
+
+    def __call__(self, dataset: str, logged_dir: str | None) -> str:
+        where = self.data_dir or logged_dir
+        if (dataset, where) not in self.cache:
+            self.cache[(dataset, where)] = D.digest(D.load_dataset(dataset, where))
+        return self.cache[(dataset, where)]
+
+
+def make_portable(page: str | Path, data_dir: str | None = None) -> dict[str, int]:
+    """Rewrite the page's store in place (see the module docstring). Returns counts of what changed."""
+    page = Path(page)
+    db = page / STORE
+    if not db.is_file():
+        raise FileNotFoundError(f"{db}: no MLflow store in this page")
+    digests = _Digests(data_dir)
+    counts = {"locations": 0, "runs_rekeyed": 0, "sources": 0, "result_json": 0}
+    con = sqlite3.connect(db)
+    try:
+        with con:
+            for table, id_col, col in (("experiments", "experiment_id", "artifact_location"),
+                                       ("runs", "run_uuid", "artifact_uri")):
+                for ident, loc in con.execute(f"SELECT {id_col}, {col} FROM {table}").fetchall():
+                    rel = relative_location(loc)
+                    if rel != loc:
+                        con.execute(f"UPDATE {table} SET {col} = ? WHERE {id_col} = ?", (rel, ident))
+                        counts["locations"] += 1
+            digest_of_run: dict[str, str] = {}
+            for run_id, in con.execute("SELECT run_uuid FROM runs").fetchall():
+                params = dict(con.execute("SELECT key, value FROM params WHERE run_uuid = ?", (run_id,)).fetchall())
+                tags = dict(con.execute("SELECT key, value FROM tags WHERE run_uuid = ?", (run_id,)).fetchall())
+                if "data_digest" in params:
+                    digest_of_run[run_id] = params["data_digest"]
+                if "data_dir" not in params or "trial_key" not in tags:
+                    continue
+                logged_dir = None if params["data_dir"] == "None" else params["data_dir"]
+                sweep = tags.get("sweep", "")
+                config = _config_of_key(params, logged_dir, sweep, tags["trial_key"])
+                if config is None:
+                    raise ValueError(f"run {run_id}: its params do not reproduce its trial_key; left as it is")
+                digest = params.get("data_digest") or digests(config.dataset, logged_dir)
+                digest_of_run[run_id] = digest
+                con.execute("UPDATE tags SET value = ? WHERE run_uuid = ? AND key = 'trial_key'",
+                            (trial_key(config, sweep), run_id))
+                con.execute("DELETE FROM params WHERE run_uuid = ? AND key = 'data_dir'", (run_id,))
+                if "data_digest" not in params:
+                    con.execute("INSERT INTO params (key, value, run_uuid) VALUES ('data_digest', ?, ?)",
+                                (digest, run_id))
+                counts["runs_rekeyed"] += 1
+            for uuid, source in con.execute("SELECT dataset_uuid, dataset_source FROM datasets").fetchall():
+                try:
+                    doc = json.loads(source)
+                except json.JSONDecodeError:
+                    continue
+                if not isinstance(doc, dict) or "uri" not in doc:
+                    continue
+                uri = doc.pop("uri")
+                if "data_digest" not in doc and "dataset" in doc:
+                    logged_dir = uri.removeprefix("file://") if uri.startswith("file://") else None
+                    doc = {"dataset": doc["dataset"], "data_digest": digests(doc["dataset"], logged_dir),
+                           **{k: v for k, v in doc.items() if k != "dataset"}}
+                con.execute("UPDATE datasets SET dataset_source = ? WHERE dataset_uuid = ?", (json.dumps(doc), uuid))
+                counts["sources"] += 1
+            runs = con.execute("SELECT run_uuid, artifact_uri FROM runs").fetchall()
+        for run_id, uri in runs:
+            path = page / relative_location(uri) / "result.json"
+            if not path.is_file():
+                continue
+            doc = json.loads(path.read_text())
+            config = doc.get("config", {})
+            if "data_dir" in config or ("data_digest" not in doc and run_id in digest_of_run):
+                config.pop("data_dir", None)
+                doc.setdefault("data_digest", digest_of_run.get(run_id, ""))
+                path.write_text(json.dumps(doc))
+                counts["result_json"] += 1
+        con.execute("PRAGMA journal_mode=DELETE")
+    finally:
+        con.close()
+    return counts
+
+
+def absolute_paths(page: str | Path) -> list[str]:
+    """Every absolute machine path in a page: its text files (md, csv, json, ...) and every text column of
+    its MLflow store. One line per place: 'file: text' or 'mlflow.db table.column: text'."""
+    page = Path(page)
+    found = []
+    for path in sorted(page.rglob("*")):
+        if path.is_file() and path.suffix in TEXT_SUFFIXES:
+            text = path.read_text(errors="replace")
+            for m in ABSOLUTE.finditer(text):
+                found.append(f"{path.relative_to(page)}: {text[m.start():m.start() + 80].splitlines()[0]}")
+                break
+    db = page / STORE
+    if db.is_file():
+        con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+        try:
+            tables = [t for t, in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+            for t in tables:
+                for col in [r[1] for r in con.execute(f"PRAGMA table_info('{t}')")]:
+                    for value, in con.execute(f"SELECT DISTINCT CAST(\"{col}\" AS TEXT) FROM \"{t}\""):
+                        if value and ABSOLUTE.search(value):
+                            found.append(f"{STORE} {t}.{col}: {value[:80]}")
+                            break
+        finally:
+            con.close()
+    return found
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("pages", nargs="+", help="page folders (docs/results/<page>)")
+    ap.add_argument("--data-dir", default=None, help="where the runs' data is now (for its digest); default: "
+                                                     "the folder each run logged, if it is still there")
+    ap.add_argument("--check", action="store_true", help="only list absolute paths (exit 1 if any)")
+    a = ap.parse_args(argv)
+    bad = 0
+    for page in a.pages:
+        if not a.check:
+            try:
+                print(f"{page}: {make_portable(page, a.data_dir)}")
+            except (OSError, ValueError, D.DatasetError) as e:
+                print(f"publish: error: {page}: {e}", file=sys.stderr)
+                return 2
+        found = absolute_paths(page)
+        bad += len(found)
+        for line in found:
+            print(f"{page}: absolute path in {line}")
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
