@@ -3,6 +3,7 @@
 
     python sweeps/publish.py docs/results/<page> [--data-dir ../shared/data]
     python sweeps/publish.py --check docs/results/*        # exit 1 naming any absolute machine path
+    python sweeps/publish.py --regenerate docs/results/<page>   # the page's report and findings, from its store
 
 A page (`docs/results/<page>/`) holds its own store: `mlflow.db` and `mlartifacts/`. A sweep writes this
 machine's absolute paths into a store: the experiments' artifact locations and each run's artifact URI,
@@ -18,6 +19,10 @@ another data folder would not know its own networks. This rewrites the store in 
   (each old key is first checked against the run's params: a run whose params do not reproduce its key
   is refused), dataset sources and `result.json` configs without the folder;
 - the database back in rollback-journal mode (one self-contained file to commit).
+
+`--regenerate` rewrites a page's report (results.md/csv, networks.csv, ranked.md, figures) and findings.md
+from its own store, wherever the repository was cloned: the sweep's name and the findings' preamble come from
+the page's `page.json` ({"sweep": ..., "preamble": ...}).
 
 It reads and writes MLflow's tables with sqlite3 (the schema of MLflow 3.17; `tests/test_publish.py`
 checks a store written by this MLflow). Idempotent.
@@ -115,7 +120,7 @@ def make_portable(page: str | Path, data_dir: str | None = None) -> dict[str, in
         raise FileNotFoundError(f"{db}: no MLflow store in this page")
     digests = _Digests(data_dir)
     counts = {"locations": 0, "runs_rekeyed": 0, "sources": 0, "result_json": 0}
-    con = sqlite3.connect(db)
+    con = sqlite3.connect(db, timeout=30)
     try:
         with con:
             for table, id_col, col in (("experiments", "experiment_id", "artifact_location"),
@@ -173,7 +178,10 @@ def make_portable(page: str | Path, data_dir: str | None = None) -> dict[str, in
                 doc.setdefault("data_digest", digest_of_run.get(run_id, ""))
                 path.write_text(json.dumps(doc))
                 counts["result_json"] += 1
-        con.execute("PRAGMA journal_mode=DELETE")
+        try:
+            con.execute("PRAGMA journal_mode=DELETE")
+        except sqlite3.OperationalError:          # another connection has it open: fold the log in at least
+            con.execute("PRAGMA wal_checkpoint(FULL)")
     finally:
         con.close()
     return counts
@@ -206,16 +214,38 @@ def absolute_paths(page: str | Path) -> list[str]:
     return found
 
 
+PAGE_FILE = "page.json"
+
+
+def regenerate(page: str | Path) -> dict:
+    """Rewrite the page's report and findings from its own store (the page's `page.json` names the sweep and
+    the findings' preamble). Returns the report's summary (sweeps.report.build_report)."""
+    from sweeps import findings, report
+    page = Path(page)
+    meta = json.loads((page / PAGE_FILE).read_text())
+    uri = f"sqlite:///{(page / STORE).resolve()}"
+    res = report.build_report(uri, meta["sweep"], page)
+    rc = findings.main(["--tracking-uri", uri, "--name", meta["sweep"], "--out", str(page / "findings.md"),
+                        "--preamble", meta.get("preamble", "")])
+    if rc != 0:
+        raise RuntimeError(f"{page}: findings exited {rc}")
+    return res
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("pages", nargs="+", help="page folders (docs/results/<page>)")
     ap.add_argument("--data-dir", default=None, help="where the runs' data is now (for its digest); default: "
                                                      "the folder each run logged, if it is still there")
     ap.add_argument("--check", action="store_true", help="only list absolute paths (exit 1 if any)")
+    ap.add_argument("--regenerate", action="store_true", help=f"rewrite the page's report and findings from its "
+                                                               f"store ({PAGE_FILE} names the sweep)")
     a = ap.parse_args(argv)
     bad = 0
     for page in a.pages:
-        if not a.check:
+        if a.regenerate:
+            print(f"{page}: {regenerate(page)['n_runs']} runs -> report and findings")
+        elif not a.check:
             try:
                 print(f"{page}: {make_portable(page, a.data_dir)}")
             except (OSError, ValueError, D.DatasetError) as e:
