@@ -4,6 +4,7 @@
     python sweeps/publish.py docs/results/<page> [--data-dir ../shared/data]
     python sweeps/publish.py --check docs/results/*        # exit 1 naming any absolute machine path
     python sweeps/publish.py --regenerate docs/results/<page>   # the page's report and findings, from its store
+    python sweeps/publish.py --snapshot-from /path/to/live-store docs/results/<page>   # a running sweep's store
 
 A page (`docs/results/<page>/`) holds its own store: `mlflow.db` and `mlartifacts/`. A sweep writes this
 machine's absolute paths into a store: the experiments' artifact locations and each run's artifact URI,
@@ -19,6 +20,10 @@ another data folder would not know its own networks. This rewrites the store in 
   (each old key is first checked against the run's params: a run whose params do not reproduce its key
   is refused), dataset sources and `result.json` configs without the folder;
 - the database back in rollback-journal mode (one self-contained file to commit).
+
+`--snapshot-from DIR` copies a store that a sweep is still writing (DIR/mlflow.db, DIR/mlartifacts) into the
+page, consistently (SQLite's online backup; the artifacts of the runs in the copy), then makes it portable:
+a long run commits its store as it grows.
 
 `--regenerate` rewrites a page's report (results.md/csv, networks.csv, ranked.md, figures) and findings.md
 from its own store, wherever the repository was cloned: the sweep's name and the findings' preamble come from
@@ -217,6 +222,31 @@ def absolute_paths(page: str | Path) -> list[str]:
 PAGE_FILE = "page.json"
 
 
+def snapshot(live: str | Path, page: str | Path, data_dir: str | None = None) -> dict[str, int]:
+    """Copy the store of a running sweep (`live`: its mlflow.db and mlartifacts/) into `page` and make the copy
+    portable. The database through SQLite's online backup (a consistent state while the sweep writes); the
+    artifacts of every run in that state (a run logged after the backup is in neither)."""
+    import shutil
+    live, page = Path(live), Path(page)
+    page.mkdir(parents=True, exist_ok=True)
+    # into the page's database itself (a connection open on it sees the new state: no file swapped under it)
+    src, dst = sqlite3.connect(f"file:{live / STORE}?mode=ro", uri=True, timeout=60), sqlite3.connect(page / STORE)
+    try:
+        src.backup(dst)
+        locations = [loc for loc, in dst.execute("SELECT artifact_uri FROM runs")]
+    finally:
+        src.close()
+        dst.close()
+    copied = 0
+    for loc in locations:
+        rel = relative_location(loc)
+        source = live / rel if not loc.startswith(("/", "file://")) else Path(loc.removeprefix("file://"))
+        if source.is_dir() and not (page / rel).is_dir():
+            shutil.copytree(source, page / rel)
+            copied += 1
+    return {"artifact_folders_copied": copied, **make_portable(page, data_dir)}
+
+
 def regenerate(page: str | Path) -> dict:
     """Rewrite the page's report and findings from its own store (the page's `page.json` names the sweep and
     the findings' preamble). Returns the report's summary (sweeps.report.build_report)."""
@@ -238,14 +268,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data-dir", default=None, help="where the runs' data is now (for its digest); default: "
                                                      "the folder each run logged, if it is still there")
     ap.add_argument("--check", action="store_true", help="only list absolute paths (exit 1 if any)")
+    ap.add_argument("--snapshot-from", default=None, metavar="DIR",
+                    help="first copy the store a sweep is writing in DIR (mlflow.db, mlartifacts/) into the page")
     ap.add_argument("--regenerate", action="store_true", help=f"rewrite the page's report and findings from its "
                                                                f"store ({PAGE_FILE} names the sweep)")
     a = ap.parse_args(argv)
     bad = 0
     for page in a.pages:
+        if a.snapshot_from:
+            print(f"{page}: snapshot of {a.snapshot_from}: {snapshot(a.snapshot_from, page, a.data_dir)}")
         if a.regenerate:
             print(f"{page}: {regenerate(page)['n_runs']} runs -> report and findings")
-        elif not a.check:
+        elif not a.check and not a.snapshot_from:
             try:
                 print(f"{page}: {make_portable(page, a.data_dir)}")
             except (OSError, ValueError, D.DatasetError) as e:

@@ -171,3 +171,21 @@ def test_a_new_sweep_leaves_out_the_networks_its_store_holds(tmp_path):
 @pytest.mark.parametrize("page", sorted(p.name for p in (ROOT / "docs" / "results").iterdir() if p.is_dir()))
 def test_published_pages_hold_no_absolute_machine_path(page):
     assert absolute_paths(ROOT / "docs" / "results" / page) == []
+
+
+def test_a_snapshot_of_a_live_store_is_a_portable_page_that_grows_with_it(tmp_path):
+    from sweeps.publish import snapshot
+    live, page = tmp_path / "live", tmp_path / "repo" / "page"
+    live.mkdir()
+    configs = _configs()
+    tracker = _log(live, configs[:3])                        # the sweep's store, still open for writing
+    assert snapshot(live, page)["artifact_folders_copied"] == 3
+    assert Tracker(f"sqlite:///{page / 'mlflow.db'}", SWEEP).existing_keys() == {trial_key(c, SWEEP) for c in configs[:3]}
+    assert absolute_paths(page) == []
+    assert tracker.log_network(configs[3], synthetic_result(configs[3], 0.0), "p1")
+    assert snapshot(live, page)["artifact_folders_copied"] == 1
+    copy = Tracker(f"sqlite:///{page / 'mlflow.db'}", SWEEP)
+    assert copy.existing_keys() == {trial_key(c, SWEEP) for c in configs[:4]}
+    for run in copy.client.search_runs([copy.experiment_id]):
+        assert (page / run.info.artifact_uri / "result.json").is_file()
+    assert absolute_paths(page) == []
