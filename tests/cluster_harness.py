@@ -239,8 +239,8 @@ class LocalCluster:
             full_grid.main([... '--address', c.address ...])
 
     The head gets its own temp dir (short: unix socket paths are limited), its own ports, the
-    environment for autoscaler v2 and the fake provider, the driver's `RAY_AUTH_MODE` (`disabled` when
-    unset; token mode uses the local default token, ~/.ray/auth_token), and a fast
+    environment for autoscaler v2 and the fake provider, the driver's `RAY_AUTH_MODE` (token when unset,
+    with the local default token, ~/.ray/auth_token, which `ray_test_env` makes), and a fast
     health check so a killed node is noticed in seconds. `config` may also be a path to a YAML.
     """
 
@@ -276,7 +276,7 @@ class LocalCluster:
             "RAY_FAKE_CLUSTER": "1",
             "RAY_enable_autoscaler_v2": "1",
             "RAY_CLOUD_INSTANCE_ID": self.config["provider"].get("head_node_id", FAKE_HEAD_NODE_ID),
-            "RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "disabled"),   # the driver's mode, if it set one
+            "RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "token"),      # the driver's mode, if it set one
             "AUTOSCALER_UPDATE_INTERVAL_S": "1",
             "RAY_TMPDIR": self.temp_dir,          # ray_current_cluster etc. stay in our temp dir
             "RAY_USAGE_STATS_ENABLED": "0",

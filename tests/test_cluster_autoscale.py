@@ -157,7 +157,10 @@ def test_setup_commands_are_valid_shell_and_install_what_ffcv_needs(cfg):
 def test_render_pins_one_commit_for_every_node(cfg):
     head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
     env = {"IMBALANCE_REPO_URL": "https://example.org/r.git", "IMBALANCE_NFS_SERVER": "10.0.0.9",
-           "IMBALANCE_GPU_IMAGE_ID": "ami-0123456789abcdef0", "IMBALANCE_HEAD_IMAGE_ID": "ami-0fedcba9876543210"}
+           "IMBALANCE_GPU_IMAGE_ID": "ami-0123456789abcdef0", "IMBALANCE_HEAD_IMAGE_ID": "ami-0fedcba9876543210",
+           "IMBALANCE_SUBNET_IDS": "subnet-0a1b2c3d4e5f60718", "IMBALANCE_SECURITY_GROUP_ID": "sg-0123456789abcdef0",
+           "IMBALANCE_HEAD_INSTANCE_PROFILE_ARN": "arn:aws:iam::123456789012:instance-profile/imbalance-head",
+           "IMBALANCE_VPC_CIDR": "172.31.0.0/16"}
     text = C.render(CLUSTER_YAML.read_text(), env)
     assert C.placeholders_left(text) == []
     rendered = yaml.safe_load(text)
@@ -184,7 +187,12 @@ def test_render_cli_fails_while_placeholders_are_left(tmp_path, monkeypatch, cap
     assert "IMBALANCE_GPU_IMAGE_ID" in err and C.GPU_IMAGE_SSM in err
     for var, value in [("IMBALANCE_REPO_URL", "https://example.org/r.git"), ("IMBALANCE_NFS_SERVER", "10.0.0.9"),
                        ("IMBALANCE_GPU_IMAGE_ID", "ami-0123456789abcdef0"),
-                       ("IMBALANCE_HEAD_IMAGE_ID", "ami-0fedcba9876543210")]:
+                       ("IMBALANCE_HEAD_IMAGE_ID", "ami-0fedcba9876543210"),
+                       ("IMBALANCE_SUBNET_IDS", "subnet-0a1b2c3d4e5f60718"),
+                       ("IMBALANCE_SECURITY_GROUP_ID", "sg-0123456789abcdef0"),
+                       ("IMBALANCE_HEAD_INSTANCE_PROFILE_ARN",
+                        "arn:aws:iam::123456789012:instance-profile/imbalance-head"),
+                       ("IMBALANCE_VPC_CIDR", "172.31.0.0/16")]:
         monkeypatch.setenv(var, value)
     assert C.main(["render", str(CLUSTER_YAML), "-o", str(tmp_path / "c.yaml")]) == 0
 
@@ -217,7 +225,7 @@ def test_docs_run_the_sweep_with_shared_storage_and_a_pinned_commit():
     text = DOCS.read_text()
     assert "--storage-path /shared/ray_results" in text
     readme = (REPO / "README.md").read_text()
-    cluster_para = readme[readme.index("On a cluster:"):][:900]
+    cluster_para = readme[readme.index("On a cluster"):][:900]
     assert "--storage-path /shared/ray_results" in cluster_para
     assert "--resume --tracking-uri" in text                     # the way back after a new head
     assert "git rev-parse HEAD" in text                          # how to check the nodes' code version
