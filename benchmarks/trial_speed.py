@@ -24,13 +24,13 @@ import torch.nn.functional as F
 from imbalance_core.datasets import load_dataset
 from imbalance_core.imbalance import make_subset
 from imbalance_core.models import build_model
-from imbalance_core.train import SCHEDULES
+from imbalance_core.specs import DATASETS
 from imbalance_core.trial import TrialConfig, run_trial
 
 
 def plain_loop(x: torch.Tensor, y: torch.Tensor, iterations: int, seed: int = 0) -> float:
     """The baseline everyone writes first: DataLoader + module + SGD. Returns images/s."""
-    s = SCHEDULES["mnist"]
+    s = DATASETS["mnist"].schedule
     ds = torch.utils.data.TensorDataset(x, y)
     g = torch.Generator().manual_seed(seed)
     dl = torch.utils.data.DataLoader(ds, batch_size=s.batch_size, shuffle=True, drop_last=True, generator=g)

@@ -29,7 +29,6 @@ from .specs import DATASETS as _SPECS
 DATASETS = tuple(_SPECS)                          # views of the dataset registry (specs.py)
 
 # The paper's balanced training-set size per class, before imbalance is applied.
-N_PER_CLASS = {name: spec.n_per_class for name, spec in _SPECS.items()}
 
 IMAGE_EXTENSIONS = ('.jpeg', '.jpg', '.png')
 
@@ -85,8 +84,8 @@ class FileDataset:
 
 def load_dataset(name: str, data_dir: str | os.PathLike | None = None) -> ArrayDataset | FileDataset:
     """Load one of :data:`DATASETS`. Only ``mnist-sample`` works without ``data_dir``."""
-    if name not in DATASETS:
-        raise DatasetError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+    if name not in _SPECS:                       # the registry itself, so a dataset added to it is found
+        raise DatasetError(f"unknown dataset {name!r}; choose one of {', '.join(_SPECS)}")
     spec = _SPECS[name]
     reader = globals()[spec.reader]
     if not spec.needs_data_dir:

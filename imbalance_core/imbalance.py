@@ -24,7 +24,6 @@ from .specs import DATASETS as _SPECS
 
 PROFILES = ("balanced", "step", "linear", "exponential")
 # which classes get the smallest counts, per dataset (STUDY.md, "Imbalance")
-MINORITY_ORDER = {name: spec.minority_order for name, spec in _SPECS.items()}   # a view of specs.py
 
 
 def round_half_up(x: float) -> int:
@@ -139,4 +138,4 @@ def make_subset(labels: np.ndarray, dataset: str, profile: str, n: int, rho: flo
     """The imbalanced training subset of one trial, as STUDY.md defines it for `dataset`."""
     C = int(np.max(labels)) + 1
     counts = class_counts(profile, n, C, rho=rho, mu=mu)
-    return draw_subset(labels, counts, MINORITY_ORDER.get(dataset, "random"), seed)
+    return draw_subset(labels, counts, (_SPECS[dataset].minority_order if dataset in _SPECS else "random"), seed)

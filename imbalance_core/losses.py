@@ -14,10 +14,16 @@ the batch's mean loss:
             logits in [-1, 1], as the authors' code) with s = 30; deferred re-weighting: plain mean for the
             first (1 - drw_fraction) of the budget, then the class-balanced weights w_c (beta), as a
             weighted mean (torch's cross_entropy with `weight`, as the authors' code).
+
+`LOSSES` is the registry: a loss is one entry, its builder decorated with `@loss(name, param=range, ...)`,
+naming the hyper-parameters it reads from its method's spec (`methods.MethodSpec.params`) and the range each
+may take; `build` looks the name up, and `methods.validate` refuses a spec whose losses read a
+hyper-parameter it does not give, or that gives one no loss of it reads.
 """
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
@@ -25,7 +31,56 @@ import torch
 import torch.nn.functional as F
 
 LossFn = Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]
-LOSSES = ("ce", "la", "cb-focal", "ldam-drw")
+# (counts, iterations, params, device) -> the loss of one network: counts = its imbalanced subset's class
+# counts (before any resampling), iterations = the phase's budget, params = its method's hyper-parameters
+Builder = Callable[[object, int, dict, object], LossFn]
+
+
+@dataclass(frozen=True)
+class Range:
+    """The values a hyper-parameter may take: low..high, each end inclusive or not."""
+    low: float
+    high: float
+    low_inclusive: bool = True
+    high_inclusive: bool = True
+
+    def __contains__(self, v: float) -> bool:
+        return (not math.isnan(v) and (v >= self.low if self.low_inclusive else v > self.low)
+                and (v <= self.high if self.high_inclusive else v < self.high))
+
+    def __str__(self) -> str:
+        return (f"{'[' if self.low_inclusive else '('}{self.low:g}, {self.high:g}"
+                f"{']' if self.high_inclusive else ')'}")
+
+
+@dataclass(frozen=True)
+class LossSpec:
+    """One registered loss: its builder and the hyper-parameters it reads (name -> allowed range)."""
+    name: str
+    build: Builder
+    params: dict[str, Range]
+
+
+LOSSES: dict[str, LossSpec] = {}
+
+
+def loss(name: str, **params: Range):
+    """Register the decorated builder as loss `name`, reading hyper-parameters `params` (name=Range)."""
+    def register(build: Builder) -> Builder:
+        LOSSES[name] = LossSpec(name, build, dict(params))
+        return build
+    return register
+
+
+def get(name: str) -> LossSpec:
+    if name not in LOSSES:
+        raise ValueError(f"loss {name!r} is unknown; choose one of {', '.join(LOSSES)}")
+    return LOSSES[name]
+
+
+def build(name: str, counts, iterations: int, params: dict, device) -> LossFn:
+    """The loss `name` of one network whose imbalanced subset has per-class `counts`."""
+    return get(name).build(counts, iterations, params, device)
 
 
 def class_balanced_weights(counts, beta: float) -> torch.Tensor:
@@ -48,32 +103,44 @@ def cross_entropy(logits: torch.Tensor, y: torch.Tensor, t: int = 0) -> torch.Te
     return F.cross_entropy(logits, y)
 
 
-def build(loss: str, counts, iterations: int, params: dict, device) -> LossFn:
-    """The loss `loss` of one network whose imbalanced subset has per-class `counts`."""
-    if loss == "ce":
-        return cross_entropy
-    if loss == "la":
-        n = torch.as_tensor(np.asarray(counts, dtype=np.float64), dtype=torch.float32, device=device)
-        shift = params["tau"] * torch.log(n / n.sum())
+TAU = Range(0.0, 10.0)
+BETA = Range(0.0, 1.0, high_inclusive=False)
 
-        def la(logits, y, t=0):
-            return F.cross_entropy(logits + shift, y)
-        return la
-    if loss == "cb-focal":
-        w = class_balanced_weights(counts, params["beta"]).to(device)
-        gamma = float(params["gamma"])
 
-        def cb_focal(logits, y, t=0):
-            logp = F.log_softmax(logits.float(), dim=-1).gather(1, y[:, None])[:, 0]
-            return (w[y] * (1 - logp.exp()).pow(gamma) * -logp).mean()
-        return cb_focal
-    if loss == "ldam-drw":
-        margins = ldam_margins(counts, params["max_margin"]).to(device)
-        w = class_balanced_weights(counts, params["beta"]).to(device)
-        s, start = float(params["scale"]), int(math.floor((1.0 - params["drw_fraction"]) * iterations + 0.5))
+@loss("ce")
+def _ce(counts, iterations, params, device) -> LossFn:
+    return cross_entropy                      # the one function train() computes for a whole stack at once
 
-        def ldam(logits, y, t=0):
-            z = logits - F.one_hot(y, logits.shape[-1]).to(logits.dtype) * margins[y][:, None]
-            return F.cross_entropy(s * z, y, weight=w if t >= start else None)
-        return ldam
-    raise ValueError(f"loss {loss!r} is unknown; choose one of {', '.join(LOSSES)}")
+
+@loss("la", tau=TAU)
+def _la(counts, iterations, params, device) -> LossFn:
+    n = torch.as_tensor(np.asarray(counts, dtype=np.float64), dtype=torch.float32, device=device)
+    shift = params["tau"] * torch.log(n / n.sum())
+
+    def la(logits, y, t=0):
+        return F.cross_entropy(logits + shift, y)
+    return la
+
+
+@loss("cb-focal", beta=BETA, gamma=Range(0.0, math.inf, high_inclusive=False))
+def _cb_focal(counts, iterations, params, device) -> LossFn:
+    w = class_balanced_weights(counts, params["beta"]).to(device)
+    gamma = float(params["gamma"])
+
+    def cb_focal(logits, y, t=0):
+        logp = F.log_softmax(logits.float(), dim=-1).gather(1, y[:, None])[:, 0]
+        return (w[y] * (1 - logp.exp()).pow(gamma) * -logp).mean()
+    return cb_focal
+
+
+@loss("ldam-drw", max_margin=Range(0.0, math.inf, False, False), scale=Range(0.0, math.inf, False, False),
+      drw_fraction=Range(0.0, 1.0), beta=BETA)
+def _ldam_drw(counts, iterations, params, device) -> LossFn:
+    margins = ldam_margins(counts, params["max_margin"]).to(device)
+    w = class_balanced_weights(counts, params["beta"]).to(device)
+    s, start = float(params["scale"]), int(math.floor((1.0 - params["drw_fraction"]) * iterations + 0.5))
+
+    def ldam(logits, y, t=0):
+        z = logits - F.one_hot(y, logits.shape[-1]).to(logits.dtype) * margins[y][:, None]
+        return F.cross_entropy(s * z, y, weight=w if t >= start else None)
+    return ldam

@@ -33,6 +33,7 @@ import numpy as np
 from .imbalance import Subset
 
 SAMPLERS = ("baseline", "ros", "rus", "partial-ros", "partial-rus", "weighted", "class-balanced")
+LEVEL_SAMPLERS = ("partial-ros", "partial-rus")      # those that take a level (a method with one `needs_level`)
 
 
 def target_counts(counts: tuple[int, ...] | list[int], sampler: str, level: float | None = None) -> list[int]:
@@ -45,7 +46,7 @@ def target_counts(counts: tuple[int, ...] | list[int], sampler: str, level: floa
         return [hi] * len(counts)
     if sampler == "rus":
         return [lo] * len(counts)
-    if sampler in ("partial-ros", "partial-rus"):
+    if sampler in LEVEL_SAMPLERS:
         rho = hi / lo
         # A profile's nominal rho can exceed hi / lo because n / rho is rounded (half up) to lo: any rho with
         # n / rho >= lo - 1/2 gives this subset, so level = that nominal rho (= no sampling) is accepted too.

@@ -10,7 +10,8 @@ Choices made where STUDY.md is silent (documented here and in the README):
   * partial sampling (MNIST, rho = 1000, step, mu = 0.5): levels {2, 10, 50, 100, 500}, where the
     level is the imbalance ratio left after sampling (1 would be full ROS/RUS, 1000 the baseline,
     both already in the main grid). A level must lie strictly between 1 and the cell's rho;
-    other combinations (e.g. after `--rho 10`) are skipped.
+    other combinations (e.g. after `--rho 10`) are skipped. Every method that `needs_level`
+    (imbalance_core/methods.py), whatever its name, is swept over its block's levels; the others get None.
   * repetitions are seeds 0..N-1.
 
 Overrides (from the CLI):
@@ -29,7 +30,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from imbalance_core.datasets import DATASETS
+from imbalance_core.specs import DATASETS           # the registry itself (a dataset added to it is known)
 from imbalance_core.imbalance import PROFILES
 from imbalance_core import methods as M
 from imbalance_core.train import CIFAR10_BASE_LRS
@@ -52,7 +53,7 @@ class Block:
     rho: tuple[float, ...]
     mu: tuple[float, ...] = ()                 # () = no mu axis (linear): TrialConfig's default mu
     methods: tuple[str, ...] = PAPER_METHODS
-    levels: tuple[float | None, ...] = (None,)  # partial-* only: imbalance ratio left after sampling
+    levels: tuple[float | None, ...] = (None,)  # methods that need a level only: imbalance ratio left after sampling
     repetitions: int = 1                       # seeds 0..repetitions-1
     lrs: tuple[float | None, ...] = (None,)    # None: the dataset's paper lr
 
@@ -174,15 +175,15 @@ def _apply(block: Block, o: Overrides) -> Block | None:
 
 
 def _block_configs(block: Block, dataset: str, base: dict) -> list[TrialConfig]:
+    leveled = {m: M.get(m).needs_level for m in block.methods}     # swept over levels, whatever its name
     out = []
     for rho in block.rho:
         for mu in block.mu or (None,):
             for lr in block.lrs:
                 for seed in range(block.repetitions):
                     for method in block.methods:
-                        partial = method.startswith("partial-")
-                        for level in block.levels if partial else (None,):
-                            if partial and level is not None and not 1 < level < rho:
+                        for level in block.levels if leveled[method] else (None,):
+                            if leveled[method] and level is not None and not 1 < level < rho:
                                 continue        # level >= rho is the baseline, 1 full ROS/RUS: not "partial"
                             kw = dict(base, dataset=dataset, imbalance=block.imbalance, rho=float(rho),
                                       method=method, level=None if level is None else float(level),

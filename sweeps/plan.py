@@ -81,6 +81,7 @@ class SweepOptions:
     tracking_retry_s: float = DEFAULT_TRACKING_RETRY_S
     resume: bool = False
     gpu_memory_gb: float | None = None
+    allow_tf32: bool = False
     log_processes: int = 1
     rehearse: bool = False
     dry_run: bool = False
@@ -109,7 +110,8 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--imbalance", nargs="+", help="keep only these of the preset's imbalance types")
     g.add_argument("--rho", nargs="+", type=float, help="replace the rho values of every block")
     g.add_argument("--mu", nargs="+", type=float, help="replace the mu values of every step block")
-    g.add_argument("--levels", nargs="+", type=float, help="replace the partial-sampling levels")
+    g.add_argument("--levels", nargs="+", type=float,
+                   help="replace the levels of the methods that sample to one (needs_level: partial ROS/RUS)")
     g.add_argument("--lr", nargs="+", type=float, help="base learning rates (default: the paper's)")
     g.add_argument("--repetitions", type=int, help="runs per cell and method (seeds 0..N-1)")
     g.add_argument("--iterations", type=int, help="training iterations per phase (default: the preset's)")
@@ -141,7 +143,10 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--gpu-memory-gb", type=float,
                    help="size GPU packs (--pack-size auto) for a GPU of this much memory, e.g. 24 for an A10G, "
                         "when the driver has no GPU itself (a cluster's CPU head)")
-    s.add_argument("--log-processes", "--log-threads", dest="log_processes", type=int, default=1,
+    s.add_argument("--allow-tf32", action="store_true",
+                   help="let CUDA run convolutions and matmuls in TF32 (faster on Ampere/Hopper; the default is "
+                        "FP32, as the published results; every run records its setting, `tf32`)")
+    s.add_argument("--log-processes", dest="log_processes", type=int, default=1,
                    help="processes logging finished packs to MLflow, beside the driver (default 1): MLflow's store "
                         "work runs there, off the Tune loop; more log in parallel where the machine has the cores")
     s.add_argument("--rehearse", action="store_true",

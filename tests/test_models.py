@@ -9,8 +9,8 @@ import torch
 from torch import nn
 from torch.func import functional_call, grad, stack_module_state, vmap
 
+from imbalance_core.specs import DATASETS
 from imbalance_core.models import (
-    MODEL_FOR_DATASET,
     MODELS,
     AllCNNC,
     LeNet5,
@@ -77,7 +77,7 @@ def test_default_num_classes():
 
 def test_registry():
     assert set(MODELS) == {"lenet5", "allcnnc", "resnet10"}
-    assert MODEL_FOR_DATASET == {
+    assert {name: spec.model for name, spec in DATASETS.items()} == {
         "mnist": "lenet5",
         "mnist-sample": "lenet5",
         "cifar10": "allcnnc",

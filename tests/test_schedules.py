@@ -3,7 +3,10 @@
 Iterations are numbered t = 0 .. T-1 (train() sets lr(t) before the update of iteration t)."""
 import pytest
 
-from imbalance_core.train import SCHEDULES, schedule_for
+from imbalance_core.specs import DATASETS
+from imbalance_core.train import schedule_for
+
+SCHEDULES = {name: spec.schedule for name, spec in DATASETS.items()}
 
 
 def test_inv_policy_of_lenet5():
