@@ -11,14 +11,20 @@ What is written (one .beton per dataset and split, fields 'image' and 'label'):
                        resize the torch backend does); aspect ratio kept. FFCV's own `max_resolution`
                        bounds the longer side, which is not the paper's policy, so it is not used.
 
-Cache: <cache_dir>/<dataset>-<split>-<key>.beton plus a JSON sidecar (<name>.beton.json) holding the
-writer settings, the content hash, the file size and the number of samples. The key is a sha1 of the
-settings and of the content (arrays: their bytes; image folders: every file's path, size, mtime and
-label). cache_dir defaults to $IMBALANCE_CACHE, else ~/.cache/imbalance_core/ffcv. A cached file is
-used only when its sidecar matches (same key and settings, same size on disk, same sample count in the
-beton header); anything else (truncated file, missing or foreign sidecar, other settings) is rewritten.
-Writes go to a temporary name in the same folder and are renamed into place (os.replace), under an
-flock on a per-file lock, so concurrent processes never see or produce a partial file.
+Cache: <cache_dir>/<dataset>-<split>-<key>.beton plus a JSON sidecar (<name>.beton.json: the key, the
+writer settings, the sample count and the data's digests: the same whichever process wrote it). cache_dir: the argument, else
+$IMBALANCE_FFCV_CACHE, else $IMBALANCE_CACHE, else ~/.cache/imbalance_core/ffcv; on a cluster a folder on
+the shared filesystem (/shared/ffcv), so that a beton is written once, by whichever node needs it first,
+and every other node and process reuses it. The key is a sha1 of the settings and of the split's manifest
+digest (`manifest_digest`: arrays: datasets.digest; an image folder: each file's path below the split
+folder and its label, the reader's listing), so finding a beton touches none of the data's files and does
+not depend on where the data is mounted. A cached file is used when its sidecar matches (key, settings,
+sample count) and the beton is whole by its own header and allocation table; anything else is rewritten.
+A writer holds a per-file lock (flock), writes to a temporary name in the same folder and commits with
+os.link (which fails where the file exists: a writer that lost a race keeps the winner's whole file, and
+a file others may have open is never replaced) or, for a broken file, os.replace; so concurrent processes
+on any node never see or produce a partial file. Set IMBALANCE_FFCV_VERIFY=1 to also check every file's
+size against the writer's record (datasets.digest) before using a beton.
 
 Sampling: a train loader serves K plans at once through ONE ffcv.Loader with batch K*B. Its traversal
 order is a custom TraversalOrder that hands FFCV the next "chunk" of the run: for every plan, the
@@ -56,7 +62,10 @@ import fcntl
 import hashlib
 import json
 import os
+import socket
+import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
@@ -76,7 +85,7 @@ from ffcv.fields.rgb_image import ResizedCropRGBImageDecoder  # noqa: E402
 from ffcv.loader import Loader, OrderOption  # noqa: E402
 from ffcv.transforms import RandomHorizontalFlip, ToDevice, ToTensor  # noqa: E402
 from ffcv.traversal_order.base import TraversalOrder  # noqa: E402
-from ffcv.types import CURRENT_VERSION, HeaderType  # noqa: E402
+from ffcv.types import ALLOC_TABLE_TYPE, CURRENT_VERSION, HeaderType  # noqa: E402
 from ffcv.writer import DatasetWriter  # noqa: E402
 import ffcv.writer as _ffcv_writer  # noqa: E402
 
@@ -97,13 +106,19 @@ FORMAT_VERSION = 1                    # bump when what is written changes
 IMAGENET_SHORT_SIDE, IMAGENET_CROP, JPEG_QUALITY = 256, 224, 90
 SPLITS = ("train", "test")
 CHUNK_SAMPLES = 1 << 20               # indices handed to FFCV per traversal (all K plans together)
+CACHE_ENV = ("IMBALANCE_FFCV_CACHE", "IMBALANCE_CACHE")   # the cache folder, first set wins
 
 
 # --------------------------------------------------------------------------- cache and writers
 
 def default_cache_dir() -> Path:
-    env = os.environ.get("IMBALANCE_CACHE")
-    return Path(env) if env else Path.home() / ".cache" / "imbalance_core" / "ffcv"
+    """Where betons are cached: $IMBALANCE_FFCV_CACHE (a cluster: a folder on the shared filesystem, e.g.
+    /shared/ffcv, so that every node reuses what one wrote), else $IMBALANCE_CACHE, else
+    ~/.cache/imbalance_core/ffcv. A `cache_dir` argument overrides all three."""
+    for var in CACHE_ENV:
+        if os.environ.get(var):
+            return Path(os.environ[var])
+    return Path.home() / ".cache" / "imbalance_core" / "ffcv"
 
 
 def default_workers() -> int:
@@ -133,40 +148,35 @@ def writer_settings(ds, split: str) -> dict:
     raise ValueError(f"no FFCV writer for dataset {ds.name!r}")
 
 
-_HASHES: dict[tuple[int, str], tuple[object, str]] = {}   # (id(ds), split) -> (ds, hash); ds kept so ids stay
+_KEYS: dict[tuple[int, str], tuple[object, str]] = {}     # (id(ds), split) -> (ds, key); ds kept so ids stay
 
 
-def content_hash(ds, split: str) -> str:
-    """sha1 of what a split's beton is made from (arrays: bytes; files: path, size, mtime, label).
-
-    Computed once per dataset object and split in a process (ImageNet: 1.28M stat calls).
-    """
-    hit = _HASHES.get((id(ds), split))
+def manifest_digest(ds, split: str) -> str:
+    """The identity of what a split's beton is made from, found without touching the data's files:
+    in-memory arrays: `datasets.digest(ds)` (name + every array: CIFAR-10's test arrays depend on the training
+    set through ZCA, so both splits count); an image folder: sha256 of the name, the split and its manifest
+    (each file's path below the split folder, `<class folder>/<file>`, and its label, in order), the listing
+    the reader already made. So a node that mounts the data elsewhere (another /shared path, a copy) finds
+    the same betons, and no process stats every file to find them (ImageNet: 1.28M files over NFS). A file
+    changed in place under the same name is not seen: `verify=True` (or IMBALANCE_FFCV_VERIFY=1) compares
+    `datasets.digest` (which reads every file's size) with what the writer recorded.
+    Computed once per dataset object and split in a process."""
+    hit = _KEYS.get((id(ds), split))
     if hit is not None and hit[0] is ds:
         return hit[1]
-    if len(_HASHES) >= 16:
-        _HASHES.clear()
-    _HASHES[(id(ds), split)] = (ds, _content_hash(ds, split))
-    return _HASHES[(id(ds), split)][1]
-
-
-def _content_hash(ds, split: str) -> str:
-    h = hashlib.sha1()
     if isinstance(ds, D.FileDataset):
         files = ds.train_files if split == "train" else ds.test_files
+        h = hashlib.sha256(f"{ds.name}\0{split}\0{len(files)}\n".encode())
         for f, y in zip(files, _split_labels(ds, split)):
-            try:
-                st = os.stat(f)
-            except OSError as e:
-                raise D.DatasetError(f"ImageNet: cannot read {f}: {e.strerror or e}") from e
-            h.update(f"{f}\0{st.st_size}\0{st.st_mtime_ns}\0{int(y)}\n".encode())
-        return h.hexdigest()
-    # CIFAR-10's test arrays depend on the training set (ZCA is fitted on it): hash every array.
-    for a in (ds.train_x, ds.train_y, ds.test_x, ds.test_y):
-        a = np.ascontiguousarray(a)
-        h.update(f"{a.dtype.str}{a.shape}".encode())
-        h.update(memoryview(a).cast("B"))
-    return h.hexdigest()
+            p = Path(f)
+            h.update(f"{p.parent.name}/{p.name}\0{int(y)}\n".encode())
+        key = h.hexdigest()
+    else:
+        key = D.digest(ds)
+    if len(_KEYS) >= 16:
+        _KEYS.clear()
+    _KEYS[(id(ds), split)] = (ds, key)
+    return key
 
 
 def _sidecar(path: Path) -> Path:
@@ -179,11 +189,62 @@ def _header(path: Path):
     return np.fromfile(path, dtype=HeaderType, count=1)[0]
 
 
+_COMPLETE: dict[tuple, str | None] = {}     # (path, inode, size, mtime_ns, n) -> beton_problem's verdict
+
+
+def beton_problem(path: Path, num_samples: int) -> str | None:
+    """None when `path` is a whole beton of `num_samples` samples, judged from the file alone: its header,
+    and an allocation table that ends the file with one allocation per sample inside the data region (a
+    truncated or partly written file fails). Whoever wrote it: two writers' files may differ in size (FFCV
+    gives each writer process its own pages) and are both whole. The verdict is kept per file version."""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return "missing"
+    ident = (str(path), st.st_ino, st.st_size, st.st_mtime_ns, int(num_samples))
+    if ident in _COMPLETE:
+        return _COMPLETE[ident]
+    problem = _beton_problem(path, st.st_size, int(num_samples))
+    if len(_COMPLETE) >= 64:
+        _COMPLETE.clear()
+    _COMPLETE[ident] = problem
+    return problem
+
+
+def _beton_problem(path: Path, size: int, n: int) -> str | None:
+    head = _header(path)
+    if head is None:
+        return "shorter than a beton header"
+    if int(head["version"]) != CURRENT_VERSION:
+        return f"beton version {int(head['version'])}, expected {CURRENT_VERSION}"
+    if int(head["num_samples"]) != n:
+        return f"{int(head['num_samples'])} samples in the beton header, {n} expected"
+    ptr = int(head["alloc_table_ptr"])
+    if not 0 < ptr <= size:
+        return f"allocation table at {ptr}, beyond the file's {size} bytes (truncated or not finished)"
+    if (size - ptr) % ALLOC_TABLE_TYPE.itemsize:
+        return "the allocation table is cut short (truncated)"
+    table = np.fromfile(path, dtype=ALLOC_TABLE_TYPE, offset=ptr)
+    if len(table) != n:
+        return f"{len(table)} allocations for {n} samples (truncated or not finished)"
+    if n and (int((table["ptr"] + table["size"]).max()) > ptr or int(table["sample_id"].max()) >= n
+              or np.unique(table["sample_id"]).size != n):
+        return "the allocation table does not describe this file's samples"
+    return None
+
+
 def check_beton(path: Path, key: str, settings: dict, num_samples: int) -> str | None:
-    """None when `path` is a complete beton written with `settings` for `key`; else what is wrong."""
+    """None when `path` is a complete beton written with `settings` for `key`; else what is wrong.
+    The sidecar names the key, settings and sample count (the same whoever wrote them); the beton itself
+    must be whole (`beton_problem`)."""
     path = Path(path)
     if not path.is_file():
         return "missing"
+    problem = _sidecar_problem(path, key, settings, num_samples)
+    return problem if problem is not None else beton_problem(path, num_samples)
+
+
+def _sidecar_problem(path: Path, key: str, settings: dict, num_samples: int) -> str | None:
     try:
         meta = json.loads(_sidecar(path).read_text())
     except (OSError, ValueError):
@@ -192,22 +253,22 @@ def check_beton(path: Path, key: str, settings: dict, num_samples: int) -> str |
         return "sidecar is for another key"
     if meta.get("settings") != settings:
         return f"written with other settings ({meta.get('settings')})"
-    size = path.stat().st_size
-    if meta.get("size") != size:
-        return f"size {size} on disk, {meta.get('size')} written (truncated or overwritten)"
     if meta.get("num_samples") != num_samples:
         return f"{meta.get('num_samples')} samples written, {num_samples} expected"
-    head = _header(path)
-    if head is None or int(head["version"]) != CURRENT_VERSION or int(head["num_samples"]) != num_samples \
-            or not 0 < int(head["alloc_table_ptr"]) < size:
-        return "beton header does not match"
     return None
 
 
 @contextlib.contextmanager
 def _locked(lock_path: Path):
+    """An exclusive lock on `lock_path` (flock: across processes; across NFS clients where the mount
+    forwards locks to the server, as NFSv4 does without local_lock). Only saves duplicate work: writes are
+    correct without it (a temporary name, then an atomic link or rename)."""
     with open(lock_path, "a+") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX)
+        except OSError:                      # a filesystem without locks: carry on unlocked
+            yield
+            return
         try:
             yield
         finally:
@@ -302,43 +363,121 @@ def _write(ds, split: str, dest: Path, num_workers: int) -> None:
 
 
 def beton_path(ds, split: str, cache_dir=None) -> tuple[Path, str, dict]:
-    """(path, key, settings) of the cached beton of `ds`'s `split` (nothing is written)."""
+    """(path, key, settings) of the cached beton of `ds`'s `split` (nothing is written or read)."""
     settings = writer_settings(ds, split)
-    key = hashlib.sha1((json.dumps(settings, sort_keys=True) + content_hash(ds, split)).encode()).hexdigest()
+    key = hashlib.sha1((json.dumps(settings, sort_keys=True) + manifest_digest(ds, split)).encode()).hexdigest()
     root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     return root / f"{ds.name}-{split}-{key[:20]}.beton", key, settings
 
 
-def write_beton(ds, split: str, cache_dir=None, num_workers: int | None = None) -> Path:
-    """The .beton of `ds`'s `split` ('train' or 'test'), written unless a valid cached copy exists."""
+@dataclass(frozen=True)
+class Beton:
+    """A cached beton: where it is, and whether this call wrote it (False: found, written by any process)."""
+    path: Path
+    written: bool
+    seconds: float                      # this call's time (writing, or finding and checking)
+
+
+def _verify_default() -> bool:
+    return os.environ.get("IMBALANCE_FFCV_VERIFY", "").strip().lower() in ("1", "true", "yes")
+
+
+def _data_problem(path: Path, ds) -> str | None:
+    """verify: None when the sidecar's data digest is `datasets.digest(ds)` (every file's size read)."""
+    try:
+        recorded = json.loads(_sidecar(path).read_text()).get("data_digest")
+    except (OSError, ValueError, AttributeError):
+        return "no valid sidecar"
+    return None if recorded == D.digest(ds) else "the data changed since it was written (datasets.digest)"
+
+
+def ensure_beton(ds, split: str, cache_dir=None, num_workers: int | None = None, *,
+                 verify: bool | None = None) -> Beton:
+    """The .beton of `ds`'s `split`, written unless a valid copy is in the cache folder (any process or
+    node may have written it: on a cluster the folder is on shared storage, $IMBALANCE_FFCV_CACHE).
+
+    Finding it reads the sidecar and the beton's header and allocation table; the data's files are not
+    touched (manifest_digest). Writing: under a lock file beside it (one writer at a time; the others wait
+    and then find its file), to a temporary name in the same folder, then committed with os.link, which
+    fails where the file exists: a writer that lost a race (no working lock, a stale NFS lookup) keeps the
+    winner's whole file rather than replacing a file that others may have open. Only a file that fails its
+    check is replaced (os.replace, atomic). The sidecar (the same from any writer) is renamed into place
+    just before the beton.
+    verify (default $IMBALANCE_FFCV_VERIFY): also compare datasets.digest (stats every file) with the
+    digest the writer recorded, and rewrite on a mismatch.
+    """
+    t0 = time.perf_counter()
+    verify = _verify_default() if verify is None else bool(verify)
     path, key, settings = beton_path(ds, split, cache_dir)
     n = len(_split_labels(ds, split))
-    if check_beton(path, key, settings, n) is None:
-        return path
+
+    def problem():
+        p = check_beton(path, key, settings, n)
+        return p if p is not None or not verify else _data_problem(path, ds)
+
+    if problem() is None:
+        return Beton(path, False, time.perf_counter() - t0)
     path.parent.mkdir(parents=True, exist_ok=True)
     with _locked(path.with_name(f".{path.name}.lock")):
-        if check_beton(path, key, settings, n) is None:   # another process wrote it meanwhile
-            return path
-        tag = f"{os.getpid()}.{uuid.uuid4().hex[:8]}"
+        _refresh_listing(path.parent)
+        if problem() is None:                          # another process wrote it meanwhile
+            return Beton(path, False, time.perf_counter() - t0)
+        tag = f"{socket.gethostname()}.{os.getpid()}.{uuid.uuid4().hex[:8]}"
         tmp = path.with_name(f".{path.name}.{tag}.tmp")
         tmp_side = path.with_name(f".{path.name}.json.{tag}.tmp")
         try:
             _write(ds, split, tmp, num_workers or default_workers())
-            size = tmp.stat().st_size
-            head = _header(tmp)
-            if head is None or int(head["num_samples"]) != n:
-                raise RuntimeError(f"FFCV wrote {tmp} with a bad header (expected {n} samples)")
-            tmp_side.write_text(json.dumps({"key": key, "settings": settings, "size": size, "num_samples": n,
-                                            "content_sha1": content_hash(ds, split)}, indent=1))
-            os.replace(tmp, path)
+            bad = beton_problem(tmp, n)
+            if bad is not None:
+                raise RuntimeError(f"FFCV wrote {tmp} incompletely: {bad}")
+            # the sidecar first: its content is the same from any writer (nothing about who or when)
+            tmp_side.write_text(json.dumps({"key": key, "settings": settings, "num_samples": n,
+                                            "manifest": manifest_digest(ds, split), "data_digest": D.digest(ds)},
+                                           indent=1, sort_keys=True))
             os.replace(tmp_side, _sidecar(path))
+            stale = verify and beton_problem(path, n) is None       # whole, but made from other data
+            written = _commit(tmp, path, n, replace=stale)
         finally:
             tmp.unlink(missing_ok=True)
             tmp_side.unlink(missing_ok=True)
-    problem = check_beton(path, key, settings, n)
-    if problem is not None:
-        raise RuntimeError(f"{path}: just written but fails its check: {problem}")
-    return path
+    bad = problem()
+    if bad is not None:
+        raise RuntimeError(f"{path}: just written but fails its check: {bad}")
+    return Beton(path, written, time.perf_counter() - t0)
+
+
+def _refresh_listing(folder: Path) -> None:
+    """List `folder`: on NFS this revalidates the client's cached lookups in it (a file another node created
+    may otherwise look absent for up to the attribute-cache time). Best effort; the link commit is the guard."""
+    try:
+        os.listdir(folder)
+    except OSError:
+        pass
+
+
+def _commit(tmp: Path, path: Path, n: int, replace: bool = False) -> bool:
+    """Put the whole beton `tmp` at `path`: True if ours is the file there now, False if another writer's
+    whole file was there first (kept; ours is dropped by the caller). replace: `path` is known to be stale
+    (verify found other data): replace it whatever its state."""
+    if not replace:
+        try:
+            os.link(tmp, path)                          # atomic, and fails where `path` exists (NFS too)
+            return True
+        except FileExistsError:
+            if beton_problem(path, n) is None:
+                return False                            # another writer's whole file: keep it
+        except OSError:                                 # no hard links here: check, then rename
+            if path.exists() and beton_problem(path, n) is None:
+                return False
+    os.replace(tmp, path)                               # a stale or broken file: replace it, atomically
+    return True
+
+
+def write_beton(ds, split: str, cache_dir=None, num_workers: int | None = None, *,
+                verify: bool | None = None) -> Path:
+    """The .beton of `ds`'s `split` ('train' or 'test'), written unless a valid cached copy exists
+    (ensure_beton)."""
+    return ensure_beton(ds, split, cache_dir, num_workers, verify=verify).path
 
 
 # --------------------------------------------------------------------------- loaders

@@ -10,9 +10,10 @@ phase of two-phase training fine-tunes (the last layer; for All-CNN-C the two la
 convolutions, as in the paper).
 
 The models use no in-place operations, so that ``torch.func.stack_module_state`` +
-``torch.func.vmap(torch.func.functional_call(...), randomness='different')`` can train K
-copies at once (LeNet5 and AllCNNC are tested for this; ResNet10 has BatchNorm, whose
-running-statistics update needs extra care under vmap).
+``torch.func.vmap(torch.func.functional_call(...))`` can train K copies at once (LeNet5 and AllCNNC are
+tested for this; ResNet10 has BatchNorm, whose running-statistics update needs extra care under vmap).
+AllCNNC's dropout masks are passed in (``forward(x, noise)``), drawn per network from its own generator
+(``train.StackedNets`` with ``noise_seeds``), so a network's training never depends on its stack.
 
 Initialisation (as the paper, in Caffe's terms: STUDY.md, "How Caffe ran it"):
 
@@ -32,7 +33,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .specs import DATASETS as _SPECS
 
 __all__ = [
     "LeNet5",
@@ -40,7 +40,6 @@ __all__ = [
     "ResNet10",
     "PreActBasicBlock",
     "MODELS",
-    "MODEL_FOR_DATASET",
     "build_model",
     "last_layer_parameters",
     "freeze_all_but_last",
@@ -122,6 +121,10 @@ class AllCNNC(nn.Module):
     last_layers: tuple[str, ...] = ("conv8", "conv9")
     bias_lr_mult: float = 1.0     # the authors' All-CNN-C prototxt: lr_mult 1 everywhere
     linear_head: bool = False     # the classifier is a 1x1 convolution before global pooling
+    # Its dropout layers (nn.Dropout, p 0.2, 0.5, 0.5). In training, a network's masks can be given (`noise`:
+    # each layer's mask, already scaled by 1 / (1 - p)) so that they come from that network's own generator,
+    # not from the global one shared by a vmap-stacked group (train.StackedNets with noise_seeds).
+    dropout: tuple[str, ...] = ("drop_in", "drop1", "drop2")
 
     def __init__(self, num_classes: int = 10) -> None:
         super().__init__()
@@ -144,17 +147,29 @@ class AllCNNC(nn.Module):
     def reset_parameters(self, generator: torch.Generator | None = None) -> None:
         _xavier_zero(self, generator)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    @staticmethod
+    def noise_shapes(x_shape: tuple[int, ...]) -> dict[str, tuple[int, ...]]:
+        """The shape of each dropout layer's mask for an input batch of `x_shape` (B, 3, H, W)."""
+        b, _, h, w = x_shape
+        h2, w2 = (h + 1) // 2, (w + 1) // 2                 # conv3: 3x3, stride 2, padding 1
+        return {"drop_in": tuple(x_shape), "drop1": (b, 96, h2, w2), "drop2": (b, 192, (h2 + 1) // 2, (w2 + 1) // 2)}
+
+    def _drop(self, x: torch.Tensor, name: str, noise: dict[str, torch.Tensor] | None) -> torch.Tensor:
+        if noise is None or not self.training:
+            return getattr(self, name)(x)
+        return x * noise[name]
+
+    def forward(self, x: torch.Tensor, noise: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
         r = self.relu
-        x = self.drop_in(x)
+        x = self._drop(x, "drop_in", noise)
         x = r(self.conv1(x))
         x = r(self.conv2(x))
         x = r(self.conv3(x))
-        x = self.drop1(x)
+        x = self._drop(x, "drop1", noise)
         x = r(self.conv4(x))
         x = r(self.conv5(x))
         x = r(self.conv6(x))
-        x = self.drop2(x)
+        x = self._drop(x, "drop2", noise)
         x = r(self.conv7(x))
         x = r(self.conv8(x))
         x = r(self.conv9(x))
@@ -303,7 +318,6 @@ MODELS: dict[str, type[nn.Module]] = {
     "resnet10": ResNet10,
 }
 
-MODEL_FOR_DATASET: dict[str, str] = {name: spec.model for name, spec in _SPECS.items()}   # a view of specs.py
 
 
 def build_model(name: str, num_classes: int, seed: int | None = None, head: str = "linear") -> nn.Module:

@@ -99,6 +99,16 @@ class NetworkResult(Mapping):
     test_examples: int = _f("size of the balanced test set")
     data_digest: str = _f("the dataset's identity: `datasets.digest` (its name and what was read, not the folder it "
                           "was read from); empty in results from before it was recorded", "param", default="")
+    stack_size: int | None = _f("networks trained at once in its training group, vmap-stacked (1: alone); for a "
+                                "two-phase network the smaller of its phases'; None in results from before it "
+                                "was recorded", "param", default=None)
+    oom_splits: int | None = _f("times its pack halved a stack after running out of GPU memory "
+                                "(packing.halve_on_oom)", "param", default=None)
+    tf32: str = _f('"off": FP32 convolutions and matmuls (the default; always on CPU), "on": TF32 allowed on CUDA '
+                   "(numerics.configure)", "param", default="")
+    device_name: str = _f("the GPU's name, or the CPU's model", "param", default="")
+    torch_version: str = _f("torch.__version__ of the worker", "param", default="")
+    cuda_version: str = _f("torch.version.cuda of its torch build (\"\" for a CPU-only build)", "param", default="")
     node_id: str | None = _f("the Ray node that trained it (set by the sweep's trainable; absent outside a "
                              "sweep)", "tag", default=None)
 

@@ -22,13 +22,12 @@ from .specs import Schedule  # noqa: F401  (re-exported: the schedule of a datas
 from .models import param_lr_mults
 
 
-SCHEDULES = {name: spec.schedule for name, spec in _SPECS.items()}   # a view of the dataset registry
 CIFAR10_BASE_LRS = (0.05, 0.005, 0.0005, 0.00005)
 
 
 def schedule_for(dataset: str, iterations: int | None = None, base_lr: float | None = None,
                  batch_size: int | None = None) -> Schedule:
-    s = SCHEDULES[dataset]
+    s = _SPECS[dataset].schedule
     if iterations is not None:
         if int(iterations) < 1:
             raise ValueError(f"iterations={iterations!r} is not allowed: need an integer >= 1")
@@ -46,9 +45,21 @@ class StackedNets:
     """K networks of one architecture as stacked parameters; forward maps (K, B, ...) -> (K, B, C)."""
 
     def __init__(self, models: list[torch.nn.Module], device, channels_last: bool = False,
-                 bias_lr_mult: float | None = None):
-        """bias_lr_mult: lr multiplier of Conv/Linear biases (default: the model class's, Caffe's lr_mult)."""
+                 bias_lr_mult: float | None = None, noise_seeds: list | None = None):
+        """bias_lr_mult: lr multiplier of Conv/Linear biases (default: the model class's, Caffe's lr_mult).
+        noise_seeds: one seed per network (an int or a tuple of ints) for a model with `dropout` layers: each
+        network draws its masks from its own generator, so that its training depends on its own seed only,
+        never on the other networks of its stack or their order (required to stack such a model)."""
         self.K = len(models)
+        self.dropout = tuple(getattr(models[0], "dropout", ()))
+        if self.dropout and noise_seeds is None and self.K > 1:
+            raise ValueError(f"{type(models[0]).__name__} has dropout: stacking it needs noise_seeds (one per "
+                             f"network), so that each network's masks are its own")
+        self.generators = None
+        if self.dropout and noise_seeds is not None:
+            if len(noise_seeds) != self.K:
+                raise ValueError(f"noise_seeds: {len(noise_seeds)} seeds for {self.K} networks")
+            self.generators = [torch.Generator(device=device).manual_seed(_noise_seed(s)) for s in noise_seeds]
         self.bias_lr_mult = float(getattr(models[0], "bias_lr_mult", 1.0) if bias_lr_mult is None
                                   else bias_lr_mult)
         self.device = torch.device(device)
@@ -67,19 +78,38 @@ class StackedNets:
             self.buffers = buffers
             self.template = self.template.to("meta")
             self._call = vmap(self._one, in_dims=(0, 0, 0), randomness="different")
+            self._call_noise = vmap(self._one, in_dims=(0, 0, 0, 0), randomness="error")
+        self.training = True
 
-    def _one(self, params, buffers, x):
-        return functional_call(self.template, (params, buffers), (x,))
+    def _one(self, params, buffers, x, noise=None):
+        return functional_call(self.template, (params, buffers), (x,) if noise is None else (x, noise))
 
     def train(self, mode: bool = True):
+        self.training = mode
         (self.module if self.K == 1 else self.template).train(mode)
 
+    def _noise(self, x: torch.Tensor) -> dict[str, torch.Tensor] | None:
+        """Each network's dropout masks for the batch x (K, B, ...), from its own generator: {layer: (K, ...)}."""
+        if not (self.training and self.generators):
+            return None
+        shapes = self.template.noise_shapes(tuple(x.shape[1:]))
+        out = {}
+        for name in self.dropout:
+            p = float(getattr(self.template, name).p)          # the module's own p (0: a mask of ones)
+            masks = [torch.empty(shapes[name], device=x.device, dtype=x.dtype).bernoulli_(1 - p, generator=g)
+                     for g in self.generators]
+            out[name] = torch.stack(masks).div_(1 - p)
+        return out
+
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        noise = self._noise(x)
         if self.K == 1:
-            if self.channels_last and x.dim() == 5:
-                return self.module(x[0].contiguous(memory_format=torch.channels_last)).unsqueeze(0)
-            return self.module(x[0]).unsqueeze(0)
-        return self._call(self.params, self.buffers, x)
+            x0 = x[0].contiguous(memory_format=torch.channels_last) if self.channels_last and x.dim() == 5 else x[0]
+            return (self.module(x0) if noise is None else self.module(x0, {k: v[0] for k, v in noise.items()})
+                    ).unsqueeze(0)
+        if noise is None:
+            return self._call(self.params, self.buffers, x)
+        return self._call_noise(self.params, self.buffers, x, noise)
 
     def parameters(self, only_last: bool = False) -> list[torch.Tensor]:
         return [self.params[n] for n in self._names(only_last)]
@@ -107,6 +137,15 @@ class StackedNets:
             return [{k: v.detach().cpu().clone() for k, v in self.module.state_dict().items()}]
         both = {**self.params, **self.buffers}
         return [{k: v[i].detach().cpu().clone() for k, v in both.items()} for i in range(self.K)]
+
+
+def _noise_seed(seed) -> int:
+    """A generator seed from a network's noise seed (an int or a tuple of ints: e.g. its seed and phase)."""
+    parts = seed if isinstance(seed, (tuple, list)) else (seed,)
+    h = 0xD50
+    for p in parts:
+        h = (h * 1_000_003 + int(p)) % (2 ** 63 - 1)
+    return h
 
 
 @dataclass

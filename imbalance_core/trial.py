@@ -7,10 +7,14 @@
 of a grid cell); `run_trial(config)` is the pack of one. A two-phase network in a pack shares its
 first phase with the plain ROS/RUS network of the same subset and seed when both are asked for.
 
-A pack runs linearly: `plan_pack` says which phase-1 networks it trains (by `phase1_key`) and which
-phase 2s; for each training group `fit` trains, `score` scores the test set, and each network whose
-result is final becomes a `NetworkResult`. Phase 2 of LeNet-5 on in-memory arrays trains its heads on
-cached features instead (a `frozen.FeatureCache` as the batch source of `fit`, where that is exact).
+A pack runs top to bottom in named steps (`run_trials`): `Resume.of` (what a checkpoint says is finished),
+`prepare_pack` (device, data, each network's spec and subset, and `plan_pack`'s plan: which phase-1 networks,
+by `phase1_key`, and which phase 2s), `train_phase1` for each group of `phase1_kinds`, `train_phase2` for each
+group of `phase2_kinds` (each from its `Phase1Net`; `packing.halve_on_oom` cuts a kind into groups of the
+stack size, halved when one runs out of GPU memory), and `finish_step` after each, which builds each finished
+network's `network_result` and hands it to on_progress. Within a step `fit` trains and `score` scores the
+test set. Phase 2 of LeNet-5 on in-memory arrays trains its heads on cached features instead (a
+`frozen.FeatureCache` as the batch source of `fit`, where that is exact).
 """
 from __future__ import annotations
 
@@ -29,16 +33,17 @@ import torch
 
 from . import datasets as D
 from . import frozen, packing
-from .imbalance import PROFILES, class_counts, make_subset
+from .imbalance import PROFILES, Subset, class_counts, make_subset
 from .loaders import BACKENDS, InMemoryDataset, TensorLoader, TorchLoader, eval_batches
 from . import losses as L
 from . import methods as M
 from .metrics import evaluate, posthoc
+from .numerics import Numerics, configure as configure_numerics
 from .result import BEST_POSTHOC, NetworkResult
 from . import specs as S
 from .models import MODELS, build_model, reinit_last
 from .preprocess import ImageFiles, array_data, imagenet_transforms
-from .sampling import SamplingPlan
+from .sampling import LEVEL_SAMPLERS, SamplingPlan
 from .train import Schedule, StackedNets, TrainStats, predict, schedule_for, train
 
 
@@ -54,7 +59,7 @@ class TrialConfig:
     rho: float = 10.0
     mu: float = 0.5
     method: str = "baseline"          # a name of methods.SPECS, with optional overrides (NAME:key=value,...)
-    level: float | None = None        # partial-ros / partial-rus: imbalance ratio left after sampling
+    level: float | None = None        # a method that needs_level (partial-ros/rus): the imbalance ratio left
     seed: int = 0
     iterations: int | None = None     # None: the paper's count for the dataset
     lr: float | None = None           # base lr; None: the paper's (CIFAR-10: searched by the grid)
@@ -138,7 +143,12 @@ def validate(config: TrialConfig, here: bool = True) -> None:
         raise ValueError(f"batch_size={config.batch_size!r} is not allowed: need an integer >= 1")
     counts = class_counts(config.imbalance, config.n, ds.num_classes, config.rho, config.mu)
     if spec.needs_level:
-        SamplingPlan.check_level(spec.phases[0].sampler, counts, config.level)
+        for p in spec.phases:
+            if p.sampler in LEVEL_SAMPLERS:
+                SamplingPlan.check_level(p.sampler, counts, config.level)
+    elif config.level is not None:
+        raise ValueError(f"level={config.level!r} is not allowed for method={config.method!r}: none of its phases "
+                         f"samples to a level (the samplers that do: {', '.join(LEVEL_SAMPLERS)}); leave it None")
     config.schedule  # validates iterations and lr
     if here:
         resolve_device(config.device)
@@ -244,15 +254,8 @@ class Pack:
     schedule: Schedule
     device: torch.device
     stack: int                           # networks trained at once, vmap-stacked (1: one after another)
-
-    def groups(self, n: int) -> list[list[int]]:
-        """The training groups of n networks: consecutive groups of <= stack."""
-        return _groups(n, self.stack)
-
-
-def _groups(n: int, stack: int) -> list[list[int]]:
-    """Indices 0..n-1 in consecutive groups of <= stack networks trained at once (stack 1: one by one)."""
-    return [list(range(i, min(n, i + stack))) for i in range(0, n, max(1, stack))]
+    numerics: Numerics                   # TF32, the device's name, torch/CUDA versions (numerics.configure)
+    limit: packing.StackLimit            # the stack size as it trains: halved on out-of-memory (halve_on_oom)
 
 
 def fit(pack: Pack, models: list[torch.nn.Module], plans: list[SamplingPlan], *, lr_scale: float = 1.0,
@@ -268,7 +271,8 @@ def fit(pack: Pack, models: list[torch.nn.Module], plans: list[SamplingPlan], *,
     """
     K, s = len(models), pack.schedule
     if source is None:
-        nets = StackedNets(models, pack.device, channels_last=(K == 1 and pack.device.type == "cpu"))
+        nets = StackedNets(models, pack.device, channels_last=(K == 1 and pack.device.type == "cpu"),
+                           noise_seeds=[(p.seed, p.stream_id) for p in plans])   # dropout: each network's own
         loader = _loader(pack.backend, pack.ds, pack.train_data, plans, s, pack.device, s.iterations)
     else:
         nets = StackedNets(models, pack.device, bias_lr_mult=source.bias_lr_mult)
@@ -309,10 +313,253 @@ def _tau_norm_inputs(model_name, num_classes, spec, state, features, test_data, 
     return features.cpu().numpy(), state[f"{head}.weight"].numpy()
 
 
+# --------------------------------------------------------------------------- the pack trainer, step by step
+
+@dataclass
+class Phase1Net:
+    """A trained phase-1 network, which the phase 2s of its pack start from: its state, the stats and wall-clock
+    window of its training, and its test-set features where phase 1 kept them (phase 2 on cached features).
+    `checkpoint()` is what on_progress hands out; `from_checkpoint` reads it back (run_trials' phase1=)."""
+    state: dict[str, torch.Tensor]
+    stats: TrainStats
+    window: tuple[float, float]
+    features: torch.Tensor | None = None
+    stack: int = 1                       # networks trained at once in its group
+
+    def checkpoint(self) -> dict:
+        return {"state_dict": self.state, "stats": dataclasses.asdict(self.stats), "window": list(self.window),
+                "stack": self.stack}
+
+    @classmethod
+    def from_checkpoint(cls, d: dict) -> "Phase1Net":
+        return cls(d["state_dict"], TrainStats(**d["stats"]), tuple(d.get("window", (math.nan, math.nan))),
+                   stack=int(d.get("stack", 1)))
+
+
+@dataclass
+class Trained:
+    """One network at the end of its last phase: what its NetworkResult is built from."""
+    scores: np.ndarray                   # test-set softmax scores (N, C)
+    stats: list[TrainStats]              # one per phase it trained (phase 1 possibly shared)
+    window: tuple[float, float]          # wall clock: its phase 1's start to its last phase's end
+    state: dict[str, torch.Tensor]
+    features: torch.Tensor | None        # its test-set features where at hand (else computed for tau-norm)
+    stack: int = 1                       # the smallest group it trained in (its phases')
+
+
+@dataclass(frozen=True)
+class Resume:
+    """What a checkpoint of a pack that was cut off gives back (run_trials' done= and phase1=)."""
+    done: dict[int, NetworkResult]       # networks already finished: not trained again
+    phase1: dict[str, dict]              # phase1_key -> Phase1Net.checkpoint() of phase-1 networks trained before
+
+    @classmethod
+    def of(cls, configs: list[TrialConfig], done: dict | None, phase1: dict | None) -> "Resume":
+        done = {int(i): NetworkResult.from_dict(r) for i, r in (done or {}).items()}
+        bad = sorted(set(done) - set(range(len(configs))))
+        if bad:
+            raise ValueError(f"done= names networks {bad} that are not in the pack (0..{len(configs) - 1})")
+        return cls(done, dict(phase1 or {}))
+
+    def todo(self, n: int) -> list[int]:
+        return [i for i in range(n) if i not in self.done]
+
+    def phase1_nets(self, plan: PackPlan) -> dict[str, Phase1Net]:
+        """The given phase-1 networks that only two-phase networks still need (a plain network that still has to
+        finish trains its phase 1 again, a state given for it or not)."""
+        two = plan.two_phase
+        return {k: Phase1Net.from_checkpoint(self.phase1[k]) for k, members in plan.phase1.items()
+                if k in self.phase1 and all(i in two for i in members)}
+
+
+@dataclass(frozen=True)
+class PackRun:
+    """A pack as it trains: its configs and plan, what its networks share (`pack`), each network's spec and
+    training subset, the training and test labels. Built by `prepare_pack`."""
+    configs: list[TrialConfig]
+    pack: Pack
+    plan: PackPlan
+    two: frozenset[int]                  # the networks with a phase 2
+    specs: dict[int, M.MethodSpec]
+    subsets: dict[int, Subset]
+    labels: np.ndarray                   # of the training set
+    y_test: np.ndarray
+    cached_phase2: bool                  # a phase 2 of only the last layer(s) runs on cached features (frozen.py)
+    t_start: float                       # time.perf_counter() when the pack started (pack_seconds)
+
+    @property
+    def model(self) -> str:
+        return self.configs[0].model
+
+    def needs_phase2(self, key: str) -> bool:
+        """Whether a two-phase network starts from phase-1 network `key`."""
+        return any(i in self.two for i in self.plan.phase1[key])
+
+    def network(self, i: int, phase: int, state: dict | None = None) -> torch.nn.Module:
+        """Network i as its phase `phase` (1 or 2) starts: built from its seed, loaded with `state` (phase 2: its
+        phase-1 network's), the last layer re-initialised where the phase says."""
+        c, spec = self.configs[i], self.specs[i]
+        m = build_model(c.model, self.pack.ds.num_classes, seed=c.seed, head=spec.head)
+        if state is not None:
+            m.load_state_dict(state)
+        return reinit_last(m, c.seed) if spec.phases[phase - 1].reinit_last else m
+
+    def sampling(self, i: int, phase: int) -> SamplingPlan:
+        """What network i trains on in phase `phase`: the phase's sampler (at the config's level), on stream `phase`."""
+        c = self.configs[i]
+        return SamplingPlan(self.subsets[i], self.labels, sampler=self.specs[i].phases[phase - 1].sampler,
+                            level=c.level, seed=c.seed, stream_id=phase)
+
+    def loss(self, i: int, phase: int) -> L.LossFn:
+        """The loss of network i in phase `phase`, with its spec's hyper-parameters."""
+        spec = self.specs[i]
+        return L.build(spec.phases[phase - 1].loss, self.subsets[i].counts, self.pack.schedule.iterations,
+                       spec.param_dict, self.pack.device)
+
+
+def _stack_size(config: TrialConfig, device: torch.device, stack: bool | None, max_stack: int | None,
+                n: int, gpu_fraction: float = 1.0) -> int:
+    """Networks trained at once: see run_trials' stack, max_stack and gpu_fraction."""
+    stack = device.type == "cuda" if stack is None else stack
+    if stack:
+        stack = max_stack or (packing.auto_pack_size(config.model, config.schedule.batch_size, device, gpu_fraction)
+                              if device.type == "cuda" else n)
+    return int(stack) or 1
+
+
+def prepare_pack(configs: list[TrialConfig], todo: list[int], stack: bool | None, max_stack: int | None,
+                 cache_features: bool, gpu_fraction: float = 1.0, allow_tf32: bool = False) -> PackRun:
+    """What the networks `todo` of a pack share and need: device (and its numerics), loader, data, stack size,
+    each one's spec and subset, and the plan (plan_pack)."""
+    c0 = configs[0]
+    device, backend, schedule = resolve_device(c0.device), resolve_loader(c0), c0.schedule
+    numerics = configure_numerics(device, allow_tf32)
+    ds, train_data, test_data = load_prepared(c0.dataset, c0.data_dir)
+    size = _stack_size(c0, device, stack, max_stack, len(configs), gpu_fraction)
+    pack = Pack(ds, train_data, test_data, backend, schedule, device, size, numerics,
+                packing.StackLimit(size, device, gpu_fraction))
+    labels = np.asarray(ds.train_y)
+    specs = {i: M.get(configs[i].method) for i in todo}
+    subsets = {i: make_subset(labels, c.dataset, c.imbalance, c.n, c.rho, c.mu, c.seed)
+               for i, c in ((i, configs[i]) for i in todo)}
+    y_test = np.asarray(ds.test_y if test_data is None else test_data.y.numpy())
+    t_start = time.perf_counter()
+    plan = plan_pack(configs, todo)
+    return PackRun(configs, pack, plan, frozenset(plan.two_phase), specs, subsets, labels, y_test,
+                   cache_features and frozen.can_cache(MODELS[c0.model], backend), t_start)
+
+
+def phase1_kinds(run: PackRun, skip) -> list[list[str]]:
+    """The phase-1 networks to train (those not in `skip`), by kind: a stacked group holds one architecture and
+    one training setting (a cosine head, ldam-drw, stacks only with cosine heads; only_last and lr_scale apply
+    to a whole group). run_trials trains each kind in groups of at most the pack's stack (packing.halve_on_oom:
+    halved when a group runs out of GPU memory)."""
+    kinds: dict[object, list[str]] = {}
+    for k, members in run.plan.phase1.items():
+        if k not in skip:
+            spec = run.specs[members[0]]
+            p = spec.phases[0]
+            kinds.setdefault((spec.head, p.only_last, p.lr_scale) if run.pack.stack > 1 else "", []).append(k)
+    return list(kinds.values())
+
+
+def train_phase1(run: PackRun, keys: list[str], log=None) -> tuple[dict[str, Phase1Net], dict[int, Trained]]:
+    """Phase 1 of the networks `keys` as one group (each trained once, for every network that starts from it),
+    scored on the test set: each one's Phase1Net, and the networks that end with phase 1 (no phase 2)."""
+    reps = [run.plan.phase1[k][0] for k in keys]          # a representative network of each phase-1 network
+    p = run.specs[reps[0]].phases[0]                      # the group's setting (phase1_kinds)
+    keep = run.cached_phase2 and len(keys) == 1 and run.needs_phase2(keys[0])
+    nets, stats, window = fit(run.pack, [run.network(i, 1) for i in reps], [run.sampling(i, 1) for i in reps],
+                              lr_scale=p.lr_scale, only_last=p.only_last, log=log,
+                              losses=[run.loss(i, 1) for i in reps])
+    scores, feats = score(run.pack, nets, keep_features=keep)
+    trained, plain = {}, {}
+    for n, (k, state) in enumerate(zip(keys, nets.state_dicts())):
+        trained[k] = Phase1Net(state, stats[n], window, feats, stack=len(keys))
+        for i in run.plan.phase1[k]:
+            if i not in run.two:
+                plain[i] = Trained(scores[n], [stats[n]], window, state, feats, stack=len(keys))
+    return trained, plain
+
+
+def phase2_kinds(run: PackRun) -> list[list[int]]:
+    """The two-phase networks by kind of phase 2 (and, stacked, by head); run_trials trains each kind in groups
+    of at most the pack's stack, as phase 1."""
+    kinds: dict[object, list[int]] = {}
+    for ph, members in run.plan.phase2.items():
+        for i in members:
+            kinds.setdefault((ph, run.specs[i].head if run.pack.stack > 1 else ""), []).append(i)
+    return list(kinds.values())
+
+
+def train_phase2(run: PackRun, part: list[int], nets1: dict[str, Phase1Net]) -> dict[int, Trained]:
+    """Phase 2 of the networks `part` (one kind of phase 2) as one group, each from its phase-1 network: the last
+    layer(s) on cached features where that is exact (frozen.py), else the whole network with the layers the
+    phase trains; scored on the test set."""
+    ph, pack, s = run.specs[part[0]].phases[1], run.pack, run.pack.schedule
+    starts = [nets1[phase1_key(run.configs[i])] for i in part]
+    models = [run.network(i, 2, start.state) for i, start in zip(part, starts)]
+    plans = [run.sampling(i, 2) for i in part]
+    cache = frozen.FeatureCache(models, plans, pack.train_data, pack.test_data, s.batch_size, s.iterations,
+                                pack.device, [start.features for start in starts]) \
+        if run.cached_phase2 and ph.only_last else None
+    nets, stats, window = fit(pack, cache.heads if cache else models, plans, lr_scale=ph.lr_scale,
+                              only_last=ph.only_last and cache is None, losses=[run.loss(i, 2) for i in part],
+                              source=cache)
+    scores, _ = score(pack, nets, source=cache)
+    if cache is not None:                                 # a head's state on top of its phase-1 network's
+        head = MODELS[run.model].last_layers[-1]
+        states = [{**start.state, **{f"{head}.{n}": v for n, v in h.items()}}
+                  for start, h in zip(starts, nets.state_dicts())]
+        feats = [start.features for start in starts]
+    else:
+        states, feats = nets.state_dicts(), [None] * len(part)
+    return {i: Trained(scores[j], [start.stats, stats[j]], (start.window[0], window[1]), states[j], feats[j],
+                       stack=min(start.stack, len(part)))
+            for j, (i, start) in enumerate(zip(part, starts))}
+
+
+def network_result(run: PackRun, i: int, t: Trained) -> NetworkResult:
+    """Network i's result: its test-set metrics (scores, post-hoc corrections), subset, training and timing."""
+    c, sub, spec, pack, s = run.configs[i], run.subsets[i], run.specs[i], run.pack, run.pack.schedule
+    sampled = SamplingPlan(sub, run.labels, sampler=spec.phases[0].sampler, level=c.level).counts
+    f, w = _tau_norm_inputs(run.model, pack.ds.num_classes, spec, t.state, t.features, pack.test_data, pack.device)
+    post = posthoc(run.y_test, t.scores, sub.priors, f, w)
+    best = post.pop(BEST_POSTHOC)
+    two = len(t.stats) > 1
+    return NetworkResult(
+        **evaluate(run.y_test, t.scores, sub.priors), posthoc=post, accuracy_posthoc_best=best,
+        train_examples=int(len(sub.indices)),
+        subset_digest=sub.digest,                          # the training subset's identity
+        class_counts=list(sub.counts), sampled_counts=sampled, epoch_examples=int(sum(sampled)),
+        iterations=t.stats[0].iterations, finetune_iterations=t.stats[1].iterations if two else 0,
+        finetune_on=("cached features" if run.cached_phase2 and spec.phases[-1].only_last else "whole network")
+        if two else "",
+        batch_size=s.batch_size, base_lr=s.base_lr,
+        train_seconds=sum(x.seconds for x in t.stats),     # this network's share of the pack's time
+        started_at=t.window[0], ended_at=t.window[1],      # its training loop (two-phase: to phase 2's end)
+        images_per_second=t.stats[0].images_per_second, final_loss=t.stats[-1].final_loss[0],
+        pack_size=len(run.configs), pack_seconds=time.perf_counter() - run.t_start,   # the pack's start to now
+        device=str(pack.device), loader=pack.backend, model=run.model, test_examples=int(len(run.y_test)),
+        data_digest=D.digest(pack.ds), stack_size=t.stack, oom_splits=pack.limit.splits,
+        **dataclasses.asdict(pack.numerics))
+
+
+def finish_step(run: PackRun, trained: dict[int, Trained], states: dict[str, dict],
+                on_progress=None) -> dict[int, NetworkResult]:
+    """The end of a training step: the results of the networks it finished, handed with the phase-1 states it
+    trained to on_progress (run_trials), the moment to checkpoint."""
+    finished = {i: network_result(run, i, t) for i, t in trained.items()}
+    if on_progress is not None and (finished or states):
+        on_progress(dict(finished), dict(states))
+    return finished
+
+
 def run_trials(configs: list[TrialConfig], log=None, stack: bool | None = None,
                cache_features: bool = True, *, done: dict[int, NetworkResult | dict] | None = None,
                phase1: dict[str, dict] | None = None, on_progress=None,
-               max_stack: int | None = None) -> list[NetworkResult]:
+               max_stack: int | None = None, gpu_fraction: float = 1.0,
+               allow_tf32: bool = False) -> list[NetworkResult]:
     """Train and evaluate every config of a pack (same dataset and schedule); one NetworkResult each.
 
     stack: train the pack's networks as one vmap-stacked model (default on CUDA, where it pays) or one
@@ -320,7 +567,12 @@ def run_trials(configs: list[TrialConfig], log=None, stack: bool | None = None,
     one dataset load and one set of test batches).
     max_stack: when stacking, at most this many networks at once (default: on CUDA as many as this
     device's memory holds, packing.auto_pack_size, decided here on the machine that trains them; on CPU
-    the whole pack); the pack trains in groups of that size.
+    the whole pack); the pack trains in groups of that size. A group that runs out of GPU memory is halved
+    and trained again (packing.halve_on_oom; each network records `oom_splits` and its `stack_size`).
+    gpu_fraction: the share of the GPU this pack may use (Ray's `gpu` resource of the trial, e.g. 0.5): the
+    stack is sized from that share of the memory.
+    allow_tf32: TF32 convolutions and matmuls on CUDA (default off: FP32, as the published results;
+    numerics.configure, also cuDNN deterministic).
     cache_features: run phase 2 of two-phase methods on cached features where that is exact
     (imbalance_core/frozen.py; LeNet-5 on in-memory arrays); False fine-tunes the whole network.
 
@@ -328,8 +580,8 @@ def run_trials(configs: list[TrialConfig], log=None, stack: bool | None = None,
     on_progress(finished, phase1_states): called after every training step, the moment to checkpoint:
         on CPU after each network, stacked after each phase. `finished` = {i: result} of the networks
         whose result became final in that step (the results returned at the end); `phase1_states` =
-        {phase1_key: {"state_dict": ..., "stats": {...}, "window": [start, end]}} of the phase-1 networks
-        trained in that step that a two-phase network of the pack still needs (CPU tensors, plain values).
+        {phase1_key: {"state_dict": ..., "stats": {...}, "window": [start, end], "stack": n}} of the phase-1
+        networks trained in that step that a two-phase network of the pack still needs (CPU tensors, plain values).
     done: {i: result} of networks already finished (NetworkResults or their dicts): not trained again.
     phase1: {phase1_key: state} as on_progress gave them: those phase-1 networks are not trained again.
     """
@@ -339,132 +591,26 @@ def run_trials(configs: list[TrialConfig], log=None, stack: bool | None = None,
     for c in configs:
         validate(c)
     _check_pack(configs)
-    done = {int(i): NetworkResult.from_dict(r) for i, r in (done or {}).items()}
-    bad = sorted(set(done) - set(range(len(configs))))
-    if bad:
-        raise ValueError(f"done= names networks {bad} that are not in the pack (0..{len(configs) - 1})")
-    phase1 = dict(phase1 or {})
-    todo = [i for i in range(len(configs)) if i not in done]
+    resume = Resume.of(configs, done, phase1)                 # what a checkpoint says is finished
+    results: dict[int, NetworkResult] = dict(resume.done)
+    todo = resume.todo(len(configs))
     if not todo:
-        return [done[i] for i in range(len(configs))]
-    c0 = configs[0]
-    device, backend, schedule = resolve_device(c0.device), resolve_loader(c0), c0.schedule
-    ds, train_data, test_data = load_prepared(c0.dataset, c0.data_dir)
-    stack = device.type == "cuda" if stack is None else stack
-    if stack:
-        stack = max_stack or (packing.auto_pack_size(c0.model, schedule.batch_size, device)
-                              if device.type == "cuda" else len(configs))
-    pack = Pack(ds, train_data, test_data, backend, schedule, device, int(stack) or 1)
-    labels = np.asarray(ds.train_y)
-    specs = {i: M.get(configs[i].method) for i in todo}
-    subsets = {i: make_subset(labels, configs[i].dataset, configs[i].imbalance, configs[i].n, configs[i].rho,
-                              configs[i].mu, configs[i].seed) for i in todo}
-    y_test = np.asarray(ds.test_y if test_data is None else test_data.y.numpy())
-    t_start = time.perf_counter()
-    plan = plan_pack(configs, todo)
-    two = plan.two_phase
-    cached_phase2 = cache_features and frozen.can_cache(MODELS[c0.model], backend)
-
-    def build(i: int) -> torch.nn.Module:
-        return build_model(c0.model, ds.num_classes, seed=configs[i].seed, head=specs[i].head)
-
-    def sampling(i: int, phase: int) -> SamplingPlan:
-        if phase == 1:
-            return SamplingPlan(subsets[i], labels, sampler=specs[i].phases[0].sampler, level=configs[i].level,
-                                seed=configs[i].seed, stream_id=1)
-        return SamplingPlan(subsets[i], labels, sampler=specs[i].phases[1].sampler, seed=configs[i].seed,
-                            stream_id=2)
-
-    results: dict[int, NetworkResult] = dict(done)
-    step: tuple[dict, dict] = ({}, {})        # finished networks and phase-1 states since the last on_progress
-
-    def progress() -> None:
-        if on_progress is not None and (step[0] or step[1]):
-            on_progress(dict(step[0]), dict(step[1]))
-        step[0].clear()
-        step[1].clear()
-
-    def finish(i: int, scores: np.ndarray, stats: list[TrainStats], window: tuple, state: dict,
-               features: torch.Tensor | None) -> None:
-        """Score network i on the test set (its scores, the states and stats of its phases) as its result."""
-        c, sub, spec = configs[i], subsets[i], specs[i]
-        sampled = SamplingPlan(sub, labels, sampler=spec.phases[0].sampler, level=c.level).counts
-        f, w = _tau_norm_inputs(c0.model, ds.num_classes, spec, state, features, test_data, device)
-        post = posthoc(y_test, scores, sub.priors, f, w)
-        best = post.pop(BEST_POSTHOC)
-        results[i] = step[0][i] = NetworkResult(
-            **evaluate(y_test, scores, sub.priors), posthoc=post, accuracy_posthoc_best=best,
-            train_examples=int(len(sub.indices)),
-            subset_digest=sub.digest,                          # the training subset's identity
-            class_counts=list(sub.counts), sampled_counts=sampled, epoch_examples=int(sum(sampled)),
-            iterations=stats[0].iterations, finetune_iterations=stats[1].iterations if len(stats) > 1 else 0,
-            finetune_on=("cached features" if cached_phase2 and spec.phases[-1].only_last else "whole network")
-            if len(stats) > 1 else "",
-            batch_size=schedule.batch_size, base_lr=schedule.base_lr,
-            train_seconds=sum(x.seconds for x in stats),       # this network's share of the pack's time
-            started_at=window[0], ended_at=window[1],          # its training loop (two-phase: to phase 2's end)
-            images_per_second=stats[0].images_per_second, final_loss=stats[-1].final_loss[0],
-            pack_size=len(configs), pack_seconds=time.perf_counter() - t_start,   # the pack's start to this end
-            device=str(device), loader=backend, model=c0.model, test_examples=int(len(y_test)),
-            data_digest=D.digest(ds))
-
-    # Phase 1: every distinct network once; one that only two-phase networks still need and whose state is
-    # given (`phase1`) is not trained again.
-    given = {k for k, members in plan.phase1.items() if k in phase1 and all(i in two for i in members)}
-    keys = [k for k in plan.phase1 if k not in given]
-    states1: dict[str, dict] = {k: phase1[k]["state_dict"] for k in given}
-    stats1: dict[str, TrainStats] = {k: TrainStats(**phase1[k]["stats"]) for k in given}
-    windows1: dict[str, tuple] = {k: tuple(phase1[k].get("window", (math.nan, math.nan))) for k in given}
-    features1: dict[str, torch.Tensor] = {}            # test-set features, kept for phase 2 on cached features
-    # A stacked group holds one architecture: a cosine head (ldam-drw) stacks only with cosine heads.
-    by_head: dict[str, list[str]] = {}
-    for k in keys:
-        by_head.setdefault(specs[plan.phase1[k][0]].head if pack.stack > 1 else "", []).append(k)
-    for ks in [[hk[j] for j in g] for hk in by_head.values() for g in pack.groups(len(hk))]:
-        reps = [plan.phase1[k][0] for k in ks]          # a representative network of each phase-1 network
-        keep = cached_phase2 and len(ks) == 1 and any(i in two for i in plan.phase1[ks[0]])
-        nets, stats, window = fit(pack, [build(i) for i in reps], [sampling(i, 1) for i in reps], log=log,
-                                  losses=[L.build(specs[i].phases[0].loss, subsets[i].counts, schedule.iterations,
-                                                  specs[i].param_dict, device) for i in reps])
-        scores, feats = score(pack, nets, keep_features=keep)
-        for n, (k, state) in enumerate(zip(ks, nets.state_dicts())):
-            states1[k], stats1[k], windows1[k] = state, stats[n], window
-            if feats is not None:
-                features1[k] = feats
-            if any(i in two for i in plan.phase1[k]):
-                step[1][k] = {"state_dict": state, "stats": dataclasses.asdict(stats[n]), "window": list(window)}
-            for i in plan.phase1[k]:
-                if i not in two:
-                    finish(i, scores[n], [stats[n]], window, state, feats)
-        progress()
-
-    # Phase 2 (two-phase methods, cRT): the last layer(s) on a second stream, by kind of phase 2; on cached
-    # features where that is exact (frozen.py), else the whole network with only the last layer(s) training.
-    for ph, members in plan.phase2.items():
-        for part in [[members[j] for j in g] for g in pack.groups(len(members))]:
-            ks = [phase1_key(configs[i]) for i in part]
-            models = []
-            for i, k in zip(part, ks):
-                m = build(i)
-                m.load_state_dict(states1[k])
-                models.append(reinit_last(m, configs[i].seed) if ph.reinit_last else m)
-            plans = [sampling(i, 2) for i in part]
-            cache = frozen.FeatureCache(models, plans, train_data, test_data, schedule.batch_size, schedule.iterations,
-                                        device, [features1.get(k) for k in ks]) \
-                if cached_phase2 and ph.only_last else None
-            nets, stats, window = fit(pack, cache.heads if cache else models, plans, lr_scale=ph.lr_scale,
-                                      only_last=ph.only_last and cache is None, source=cache)
-            scores, _ = score(pack, nets, source=cache)
-            if cache is not None:                      # a head's state on top of its phase-1 network's
-                head = MODELS[c0.model].last_layers[-1]
-                states = [{**states1[k], **{f"{head}.{n}": v for n, v in h.items()}}
-                          for k, h in zip(ks, nets.state_dicts())]
-                feats = [features1.get(k) for k in ks]
-            else:
-                states, feats = nets.state_dicts(), [None] * len(part)
-            for j, (i, k) in enumerate(zip(part, ks)):
-                finish(i, scores[j], [stats1[k], stats[j]], (windows1[k][0], window[1]), states[j], feats[j])
-            progress()
+        return [results[i] for i in range(len(configs))]
+    run = prepare_pack(configs, todo, stack, max_stack, cache_features, gpu_fraction, allow_tf32)
+    nets1 = resume.phase1_nets(run.plan)                     # phase-1 networks given back: not trained again
+    limit = run.pack.limit
+    try:
+        for kind in phase1_kinds(run, skip=nets1):          # phase 1: each distinct network once, group by group
+            for _, (trained, plain) in packing.halve_on_oom(lambda g: train_phase1(run, g, log), kind, limit,
+                                                             log=log):
+                nets1.update(trained)
+                states = {k: net.checkpoint() for k, net in trained.items() if run.needs_phase2(k)}
+                results.update(finish_step(run, plain, states, on_progress))
+        for kind in phase2_kinds(run):                      # phase 2: from the phase-1 networks
+            for _, trained in packing.halve_on_oom(lambda g: train_phase2(run, g, nets1), kind, limit, log=log):
+                results.update(finish_step(run, trained, {}, on_progress))
+    finally:
+        packing.release_cached_memory()                      # a reused worker's next pack, or a GPU neighbour
     return [results[i] for i in range(len(configs))]
 
 
@@ -483,7 +629,8 @@ def _parse(argv):
     p.add_argument("--mu", type=float, default=0.5)
     p.add_argument("--method", default="baseline",
                    help=f"one of {', '.join(M.SPECS)}; hyper-parameters as NAME:key=value,... (e.g. cb-focal:gamma=2)")
-    p.add_argument("--level", type=float, default=None, help="partial-ros/rus: imbalance ratio left after sampling")
+    p.add_argument("--level", type=float, default=None,
+                   help="a method that samples to a level (partial-ros/rus): imbalance ratio left after sampling")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--iterations", type=int, default=None, help="default: the paper's count for the dataset")
     p.add_argument("--lr", type=float, default=None)

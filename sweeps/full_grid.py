@@ -28,11 +28,12 @@ The modules, in the order a network passes through them: `sweeps.plan` (options,
 this file (Ray, Tune, progress, the summary), `sweeps.trainable` (on a worker: run_trials),
 `sweeps.mlflow_callback` (on the driver: one MLflow run per network, `sweeps.tracking`).
 
-Ray: local by default (`ray.init(address="local", num_cpus=os.cpu_count(), num_gpus=<CUDA devices>)`);
-`--address auto` (or $RAY_ADDRESS) joins a running cluster, e.g. one started by `ray up cluster.yaml`.
-A cluster started with `ray start` on a machine that has ~/.ray/auth_token turns token auth on: set
-RAY_AUTH_MODE=disabled (or token) the same way for `ray start` and for this script. If Ray is already
-initialised in this process (tests), that instance is used and left running.
+Ray: local by default (`ray.init(address="local", num_cpus=os.cpu_count(), num_gpus=<CUDA devices>)`), with
+every Ray process of it (GCS, raylet, agents, workers, this driver) listening on 127.0.0.1 only;
+`--address auto` (or $RAY_ADDRESS) joins a running cluster, e.g. one started by `ray up cluster.yaml`, with
+token auth: RAY_AUTH_MODE=token for `ray start` and for this script, the cluster's token in ~/.ray/auth_token
+(docs/cluster.md). The driver refuses RAY_AUTH_MODE=disabled for a cluster whose address is not a loopback one
+(exit 2). If Ray is already initialised in this process (tests), that instance is used and left running.
 
 Exit status: 0 all trials finished and logged; 1 some trial failed for good (or some network could not be logged);
 2 bad input (nothing started); 130 interrupted (resume with --resume).
@@ -153,31 +154,40 @@ class Packs(Searcher):
     A searcher's suggestion is copied alone. Tune saves its state (`save`/`restore`) with the experiment's,
     so `--resume` suggests the packs not yet started."""
 
-    def __init__(self, packs: list[list[dict]] | None = None):
+    def __init__(self, packs: list[list[dict]] | None = None, allow_tf32: bool = False):
         super().__init__()
-        self.packs, self.next = packs or [], 0
+        self.packs, self.next, self.allow_tf32 = packs or [], 0, allow_tf32
 
     def suggest(self, trial_id: str):
         if self.next >= len(self.packs):
             return Searcher.FINISHED
         self.next += 1
-        return {"pack": self.packs[self.next - 1]}
+        return {"pack": self.packs[self.next - 1], **({"allow_tf32": True} if self.allow_tf32 else {})}
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
         pass                                       # nothing to learn: every pack runs once (Tune retries failures)
 
     def save(self, checkpoint_path: str):
-        Path(checkpoint_path).write_text(json.dumps({"packs": self.packs, "next": self.next}))
+        Path(checkpoint_path).write_text(json.dumps({"packs": self.packs, "next": self.next,
+                                                     "allow_tf32": self.allow_tf32}))
 
     def restore(self, checkpoint_path: str):
         state = json.loads(Path(checkpoint_path).read_text())
-        self.packs, self.next = state["packs"], state["next"]
+        self.packs, self.next, self.allow_tf32 = state["packs"], state["next"], state.get("allow_tf32", False)
 
 
 # --------------------------------------------------------------------------- the sweep
 
 def _init_ray(opts: SweepOptions) -> bool:
-    """Start or join Ray; True if this call started it (and must shut it down)."""
+    """Start or join Ray; True if this call started it (and must shut it down).
+
+    A local Ray listens on 127.0.0.1 only. Ray binds its gRPC servers (GCS, raylet, every worker, this
+    driver) to 127.0.0.1 when the node's address is 127.0.0.1 and to all interfaces otherwise, and on Linux
+    it turns 127.0.0.1 into the machine's routable address unless Ray's "no multi-node cluster" switch is off
+    (RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0, read into `ray_constants.ENABLE_RAY_CLUSTER` when ray is imported,
+    so it is set on the module too, while the local instance starts; the processes it starts inherit it).
+    Joining a cluster: refused (UsageError, exit 2) with RAY_AUTH_MODE=disabled unless its address is
+    loopback (sweeps.cluster.refuse_unauthenticated_cluster)."""
     if ray.is_initialized():
         return False
     address = opts.address or os.environ.get("RAY_ADDRESS")
@@ -185,12 +195,31 @@ def _init_ray(opts: SweepOptions) -> bool:
     # only the driver's script folder and working directory). On a cluster the repository must sit at
     # the same path on every node (or be installed there).
     job_config = ray.job_config.JobConfig(code_search_path=[str(REPO_ROOT)])
-    if address:
+    if address and address != "local":
+        from .cluster import refuse_unauthenticated_cluster
+        reason = refuse_unauthenticated_cluster(address, os.environ.get("RAY_AUTH_MODE"))
+        if reason:
+            raise UsageError(reason)
         ray.init(address=address, job_config=job_config)
-    else:
-        import torch
+        return True
+    import torch
+    from ray._private import ray_constants
+    switch = ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR
+    saved = os.environ.get(switch), ray_constants.ENABLE_RAY_CLUSTER
+    os.environ[switch], ray_constants.ENABLE_RAY_CLUSTER = "0", False
+    try:
         ray.init(address="local", num_cpus=os.cpu_count(), num_gpus=torch.cuda.device_count(),
-                 include_dashboard=False, job_config=job_config)
+                 include_dashboard=False, job_config=job_config, _node_ip_address="127.0.0.1")
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = saved[1]
+        if saved[0] is None:
+            os.environ.pop(switch, None)
+        else:
+            os.environ[switch] = saved[0]
+    node_ip = ray.util.get_node_ip_address()
+    if node_ip != "127.0.0.1":                     # a Ray that no longer honours the switch: say so, loudly
+        print(f"warning: the local Ray's node address is {node_ip}, not 127.0.0.1: its processes listen on "
+              f"every interface", file=sys.stderr, flush=True)
     return True
 
 
@@ -268,7 +297,8 @@ def run_sweep(plan: Plan, opts: SweepOptions) -> int:
                   f"Tune state {plan.sweep_dir}; MLflow {redact(plan.tracking_uri)}", flush=True)
             tuner = tune.Tuner(
                 trainable,
-                tune_config=tune.TuneConfig(search_alg=Packs([[dataclasses.asdict(c) for c in p] for p in plan.packs]),
+                tune_config=tune.TuneConfig(search_alg=Packs([[dataclasses.asdict(c) for c in p] for p in plan.packs],
+                                                         opts.allow_tf32),
                                             num_samples=len(plan.packs), max_concurrent_trials=opts.max_concurrent,
                                             reuse_actors=True),
                 run_config=tune.RunConfig(

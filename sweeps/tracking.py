@@ -13,7 +13,6 @@ server, e.g. the cluster's on PostgreSQL), or a database URI such as postgresql:
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import functools
 import hashlib
 import json
@@ -403,7 +402,7 @@ class Tracker:
 
         params = {k: str(v) for k, v in config.identity().items()}
         for k in RESULT_PARAMS:                   # a required one missing is a broken result: KeyError
-            if k in OPTIONAL_FIELDS and not result.get(k):
+            if k in OPTIONAL_FIELDS and result.get(k) in (None, ""):
                 continue                          # e.g. data_digest, in a result from before it was recorded
             params[k] = str(result[k])
         params["code_version"] = code_version()

@@ -74,15 +74,28 @@ def pack_outputs(result: dict, checkpoint):
                for i, r in enumerate(_results_in(d))]
 
 
+def trial_gpu_fraction() -> float:
+    """The share of one GPU Ray gave this trial (`--gpus-per-trial`, e.g. 0.5; at most 1: a pack stacks on one
+    GPU), 1.0 outside a Tune trial."""
+    try:
+        gpus = float(tune.get_context().get_trial_resources().required_resources.get("GPU", 0) or 0)
+    except Exception:                               # not in a Tune trial (a direct call, a test)
+        return 1.0
+    return min(gpus, 1.0) if gpus > 0 else 1.0
+
+
 def worker_setup(configs: list[TrialConfig]) -> dict:
     """What this worker will do with the pack: the device (from the trial's config and the GPUs Ray gave
-    this worker: Ray hides the others) and how many networks it trains at once on it."""
+    this worker: Ray hides the others), the share of the GPU it was given and how many networks it trains at
+    once on it (from that share of the memory, PyTorch's own cache counted as free: packing.usable_memory)."""
     from imbalance_core import packing
     from imbalance_core.trial import resolve_device
     device = resolve_device(configs[0].device)
-    stack = min(len(configs), packing.auto_pack_size(configs[0].model, configs[0].schedule.batch_size, device)) \
-        if device.type == "cuda" else 1
-    return {"device": str(device), "stack": stack, "gpu_ids": [str(g) for g in ray.get_gpu_ids()]}
+    fraction = trial_gpu_fraction()
+    stack = min(len(configs), packing.auto_pack_size(configs[0].model, configs[0].schedule.batch_size, device,
+                                                     fraction)) if device.type == "cuda" else 1
+    return {"device": str(device), "stack": stack, "gpu_fraction": fraction,
+            "gpu_ids": [str(g) for g in ray.get_gpu_ids()]}
 
 
 def load_pack_checkpoint(checkpoint, configs: list[TrialConfig]) -> tuple[dict[int, dict], dict[str, dict]]:
@@ -151,7 +164,8 @@ def _run_pack(config: dict, runner) -> None:
             report({}, sorted(finished))
 
     results = runner(configs, done=done, phase1=phase1, on_progress=on_progress,
-                     stack=setup["device"].startswith("cuda"), max_stack=setup["stack"])
+                     stack=setup["device"].startswith("cuda"), max_stack=setup["stack"],
+                     gpu_fraction=setup["gpu_fraction"], allow_tf32=bool(config.get("allow_tf32", False)))
     report({"final": True, **{f"{k}_mean": statistics.fmean(r[k] for r in results) for k in HEADLINE}}, last_step,
            final=True)
 
@@ -266,13 +280,19 @@ def synthetic_result(c: TrialConfig, node_time: float) -> dict:
         "loader": "rehearsal",
         "model": c.model,
         "test_examples": int(len(y_test)),
+        "stack_size": 1,
+        "oom_splits": 0,
+        "tf32": "off",
+        "device_name": "rehearsal",
+        "torch_version": "rehearsal",
+        "cuda_version": "",
     })
     return r
 
 
 def rehearse_trials(configs: list[TrialConfig], *, done: dict | None = None,
                     phase1: dict[str, dict] | None = None, on_progress=None, stack: bool = False,
-                    max_stack: int | None = None) -> list:
+                    max_stack: int | None = None, gpu_fraction: float = 1.0, allow_tf32: bool = False) -> list:
     """run_trials' contract without training: one synthetic NetworkResult per network, reported in the steps
     a stacked pack reports (one-phase networks after phase 1, two-phase networks after phase 2)."""
     import time

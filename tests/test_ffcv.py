@@ -256,6 +256,7 @@ def _check_train_batches_follow_plans(ds, plans, batches, B, tol_rms):
                 assert _best_window_rms(images[int(other)], crop) > 3 * tol_rms
 
 
+@pytest.mark.slow
 def test_imagenet_shapes_and_values(shared_data, tmp_path):
     ds = tiny_imagenet(shared_data)
     sub = make_subset(ds.train_y, "imagenet", "step", 2, 2, 0.5, seed=0)
@@ -290,60 +291,232 @@ def _files(d: Path):
 
 def test_cache_reuse_and_rewrite(mnist, tmp_path, monkeypatch):
     ds = tiny_array(mnist)
-    p = F.write_beton(ds, "train", tmp_path)
+    first = F.ensure_beton(ds, "train", tmp_path)
+    p = first.path
+    assert first.written
     side = p.with_name(p.name + ".json")
     meta = json.loads(side.read_text())
-    assert meta["num_samples"] == 300 and meta["size"] == p.stat().st_size
+    assert meta["num_samples"] == 300 and meta["data_digest"] == D.digest(ds) == meta["manifest"]
+    assert set(meta) == {"key", "settings", "num_samples", "manifest", "data_digest"}   # the same from any writer
     assert _files(tmp_path) == sorted([p.name, side.name])           # no temporary files left
     inode = p.stat().st_ino
-    assert F.write_beton(ds, "train", tmp_path) == p and p.stat().st_ino == inode   # reused
+    again = F.ensure_beton(ds, "train", tmp_path)
+    assert again.path == p and not again.written and p.stat().st_ino == inode   # reused
+    assert F.write_beton(ds, "train", tmp_path) == p and p.stat().st_ino == inode
+    size = p.stat().st_size
 
-    def assert_rewritten():
-        assert F.check_beton(p, meta["key"], meta["settings"], 300) is not None
-        assert F.write_beton(ds, "train", tmp_path) == p
-        assert p.stat().st_size == meta["size"] and F.check_beton(p, meta["key"], meta["settings"], 300) is None
+    def assert_rewritten(why):
+        assert why in F.check_beton(p, meta["key"], meta["settings"], 300)
+        b = F.ensure_beton(ds, "train", tmp_path)
+        assert b.path == p and b.written and p.stat().st_size == size
+        assert F.check_beton(p, meta["key"], meta["settings"], 300) is None
+        assert _files(tmp_path) == sorted([p.name, side.name])
 
-    with open(p, "r+b") as f:                                         # truncated
-        f.truncate(meta["size"] // 2)
-    assert_rewritten()
-    other = dict(meta, settings=dict(meta["settings"], format=-1))     # written with other settings
-    side.write_text(json.dumps(other))
-    assert_rewritten()
+    with open(p, "r+b") as f:                                         # truncated in the data
+        f.truncate(size // 2)
+    assert_rewritten("allocation table at")
+    with open(p, "r+b") as f:                                         # the last allocation cut short
+        f.truncate(size - 5)
+    assert_rewritten("cut short")
+    with open(p, "r+b") as f:                                         # the last allocation missing
+        f.truncate(size - 24)
+    assert_rewritten("299 allocations for 300 samples")
     side.unlink()                                                      # truncated, no sidecar
     with open(p, "r+b") as f:
         f.truncate(100)
-    assert_rewritten()
+    assert_rewritten("no valid sidecar")
     side.write_text("{not json")                                       # garbage sidecar, garbage beton
     p.write_bytes(b"\0" * 4096)
-    assert_rewritten()
+    assert_rewritten("no valid sidecar")
+    # a sidecar written with other settings: the sidecar is rewritten, the whole beton kept
+    side.write_text(json.dumps(dict(meta, settings=dict(meta["settings"], format=-1))))
+    inode = p.stat().st_ino
+    assert "other settings" in F.check_beton(p, meta["key"], meta["settings"], 300)
+    assert F.write_beton(ds, "train", tmp_path) == p and p.stat().st_ino == inode
+    assert json.loads(side.read_text()) == meta
     plan = SamplingPlan(make_subset(ds.train_y, "mnist", "balanced", 20, 1, 0.5, seed=0), ds.train_y)
     (x, y), = F.train_loader(ds, [plan], 200, 1, "cpu", cache_dir=tmp_path, num_workers=1)   # FFCV reads it
     assert torch.equal(x[0] * 256, torch.from_numpy(ds.train_x[plan.epoch(0)]).float())
     assert torch.equal(y[0], torch.from_numpy(ds.train_y[plan.epoch(0)]))
-    # different content or split -> different file; IMBALANCE_CACHE is the default folder
+    # different content or split -> different file
     assert F.write_beton(tiny_array(mnist, offset=1), "train", tmp_path) != p
+    # the cache folder: IMBALANCE_FFCV_CACHE, else IMBALANCE_CACHE, else ~/.cache/imbalance_core/ffcv
+    monkeypatch.delenv("IMBALANCE_FFCV_CACHE", raising=False)
     monkeypatch.setenv("IMBALANCE_CACHE", str(tmp_path / "env"))
     assert F.write_beton(ds, "test", None).parent == tmp_path / "env"
+    monkeypatch.setenv("IMBALANCE_FFCV_CACHE", str(tmp_path / "shared" / "ffcv"))
+    assert F.default_cache_dir() == tmp_path / "shared" / "ffcv"
+    assert F.write_beton(ds, "test", None).parent == tmp_path / "shared" / "ffcv"
+
+
+def test_verify_rewrites_a_beton_of_changed_data(mnist, tmp_path, monkeypatch):
+    """IMBALANCE_FFCV_VERIFY=1: the writer's recorded datasets.digest is checked too; other data under the
+    same manifest (a file changed in place, here a stand-in digest) is rewritten."""
+    ds = tiny_array(mnist)
+    p = F.write_beton(ds, "train", tmp_path)
+    inode = p.stat().st_ino
+    monkeypatch.setattr(D, "digest", lambda d: "another digest")
+    assert not F.ensure_beton(ds, "train", tmp_path).written and p.stat().st_ino == inode   # not checked
+    monkeypatch.setenv("IMBALANCE_FFCV_VERIFY", "1")
+    assert F.ensure_beton(ds, "train", tmp_path).written and p.stat().st_ino != inode
+    assert json.loads(p.with_name(p.name + ".json").read_text())["data_digest"] == "another digest"
+    assert not F.ensure_beton(ds, "train", tmp_path).written
+
+
+def test_the_key_is_the_manifest_not_the_folder(shared_data, tmp_path, monkeypatch):
+    """An image folder's beton is keyed by the split's manifest (class folder/file name, label), so a node
+    that mounts the data elsewhere finds the same beton, and finding it stats none of the data's files."""
+    a = D.load_dataset("imagenet", _imagenet_copy(shared_data, tmp_path / "node-a" / "inet"))
+    b = D.load_dataset("imagenet", _imagenet_copy(shared_data, tmp_path / "node-b" / "data" / "inet"))
+    stats = []
+    real_stat = os.stat
+
+    def counting(p, *args, **kw):
+        if str(os.fspath(p)).startswith(str(tmp_path)):
+            stats.append(os.fspath(p))
+        return real_stat(p, *args, **kw)
+    monkeypatch.setattr(os, "stat", counting)
+    for split in F.SPLITS:
+        assert F.beton_path(a, split, tmp_path / "cache")[:2] == F.beton_path(b, split, tmp_path / "cache")[:2]
+    assert stats == []
+    monkeypatch.setattr(os, "stat", real_stat)
+    relabelled = D.FileDataset("imagenet", a.train_files, a.train_y[::-1].copy(), a.test_files, a.test_y,
+                               a.num_classes, a.class_names)
+    fewer = D.FileDataset("imagenet", a.train_files[1:], a.train_y[1:], a.test_files, a.test_y, a.num_classes,
+                          a.class_names)
+    keys = {F.beton_path(d, "train")[1] for d in (a, relabelled, fewer)}
+    assert len(keys) == 3
+    assert F.beton_path(fewer, "test")[1] == F.beton_path(a, "test")[1]     # the test split is unchanged
+
+
+# Two processes of their own ("nodes"), pointed at one cache folder: what each did, as JSON on its last line.
+_NODE = r'''
+import contextlib, glob, json, os, sys, time
+args = json.loads(sys.argv[1])
+sys.path.insert(0, args["repo"])
+from imbalance_core import datasets as D
+from imbalance_core import ffcv_data as F
+
+def barrier(name):                       # wait until both processes are here
+    open(f"{name}.{os.getpid()}", "w").close()
+    deadline = time.time() + 120
+    while len(glob.glob(f"{name}.*")) < 2 and time.time() < deadline:
+        time.sleep(0.005)
+
+m = D.load_dataset("mnist", args["mnist"])
+n = args["n"]
+datasets = [D.ArrayDataset("mnist", m.train_x[:n], m.train_y[:n], m.test_x[:50], m.test_y[:50], 10, m.class_names)]
+if args.get("imagenet"):
+    datasets.append(D.load_dataset("imagenet", args["imagenet"]))
+writes = []
+real_write = F._write
+def write(ds, split, dest, workers):
+    writes.append(str(dest))
+    if args.get("race"):
+        barrier(args["race"] + "-writing")   # both write at once
+    return real_write(ds, split, dest, workers)
+F._write = write
+if args.get("no_lock"):
+    F._locked = lambda path: contextlib.nullcontext()
+if args.get("start"):
+    barrier(args["start"])
+stats, real_stat = [], os.stat
+def counting(p, *a, **k):
+    if not isinstance(p, int) and any(str(os.fspath(p)).startswith(r) for r in args.get("data_roots", [])):
+        stats.append(os.fspath(p))
+    return real_stat(p, *a, **k)
+os.stat = counting
+out = []
+for ds in datasets:
+    b = F.ensure_beton(ds, "train", args["cache"], num_workers=1)
+    st = real_stat(b.path)
+    out.append({"path": str(b.path), "written": b.written, "inode": st.st_ino, "mtime": st.st_mtime_ns})
+os.stat = real_stat
+print(json.dumps({"betons": out, "writes": len(writes), "data_stats": len(stats)}))
+'''
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _node(tmp_path, **args):
+    import subprocess
+    import sys
+    script = tmp_path / "node.py"
+    if not script.exists():
+        script.write_text(_NODE)
+    return subprocess.Popen([sys.executable, str(script), json.dumps({"repo": str(REPO), **args})],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+
+
+def _finish(proc, timeout=300):
+    out, err = proc.communicate(timeout=timeout)
+    assert proc.returncode == 0, err[-3000:]
+    return json.loads(out.strip().splitlines()[-1])
+
+
+@pytest.mark.slow
+def test_a_second_node_reuses_the_cache(shared_data, tmp_path):
+    """Node A writes the betons (arrays and an image folder) into a shared cache folder; node B, another
+    process with the images at another path, finds and reuses them: nothing rewritten, no data file stat'ed."""
+    cache = tmp_path / "shared" / "ffcv"
+    a_root = _imagenet_copy(shared_data, tmp_path / "a" / "imagenet")
+    b_root = _imagenet_copy(shared_data, tmp_path / "b" / "mnt" / "imagenet")
+    a = _finish(_node(tmp_path, mnist=str(shared_data), n=500, imagenet=str(a_root), cache=str(cache)))
+    assert [x["written"] for x in a["betons"]] == [True, True] and a["writes"] == 2
+    b = _finish(_node(tmp_path, mnist=str(shared_data), n=500, imagenet=str(b_root), cache=str(cache),
+                      data_roots=[str(b_root)]))
+    assert [x["written"] for x in b["betons"]] == [False, False] and b["writes"] == 0
+    assert b["data_stats"] == 0                                      # found without touching the data
+    for x, y in zip(a["betons"], b["betons"]):
+        assert (x["path"], x["inode"], x["mtime"]) == (y["path"], y["inode"], y["mtime"])
+    assert not [f for f in os.listdir(cache) if f.endswith(".tmp")]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("lock", [True, False], ids=["locked", "no-lock"])
+def test_two_nodes_writing_at_once(mnist, shared_data, tmp_path, lock):
+    """Two processes ask for the same beton at the same moment. With the lock one writes and the other
+    waits and reuses its file. Without one (a filesystem whose locks do not work across nodes) both write
+    at once, to temporary names; one commit wins and the other keeps the winner's file. Either way: one
+    whole, readable beton, no temporary file left."""
+    cache, n = tmp_path / "cache", 5000
+    args = dict(mnist=str(shared_data), n=n, cache=str(cache), start=str(tmp_path / "start"))
+    if not lock:
+        args.update(no_lock=True, race=str(tmp_path / "race"))
+    out = [_finish(p) for p in [_node(tmp_path, **args), _node(tmp_path, **args)]]
+    (x,), (y,) = (o["betons"] for o in out)
+    assert x["path"] == y["path"] and x["inode"] == y["inode"]
+    assert sorted([x["written"], y["written"]]) == [False, True]    # one commit
+    assert sorted(o["writes"] for o in out) == ([1, 1] if not lock else [0, 1])
+    ds = tiny_array(mnist, n=n)
+    path, key, settings = F.beton_path(ds, "train", cache)
+    assert str(path) == x["path"] and F.check_beton(path, key, settings, n) is None
+    assert _files(cache) == sorted([path.name, path.name + ".json"])
+    plan = SamplingPlan(make_subset(ds.train_y, "mnist", "balanced", 100, 1, 0.5, seed=0), ds.train_y)
+    (xb, yb), = F.train_loader(ds, [plan], 1000, 1, "cpu", cache_dir=cache, num_workers=1)
+    assert torch.equal(xb[0] * 256, torch.from_numpy(ds.train_x[plan.epoch(0)]).float())
+    assert torch.equal(yb[0], torch.from_numpy(ds.train_y[plan.epoch(0)]))
 
 
 def _write_in_child(ds, cache_dir, out):
-    out.put(str(F.write_beton(ds, "train", cache_dir, num_workers=1)))
+    b = F.ensure_beton(ds, "train", cache_dir, num_workers=1)
+    out.put((str(b.path), b.written))
 
 
 def test_concurrent_writers(mnist, tmp_path):
-    """Three processes ask for the same beton at once: one writes, all get the same valid file."""
+    """Three forked processes ask for the same beton at once: one writes, all get the same valid file."""
     ds = tiny_array(mnist, n=2000)
     ctx = multiprocessing.get_context("fork")
     out = ctx.Queue()
     procs = [ctx.Process(target=_write_in_child, args=(ds, tmp_path, out)) for _ in range(3)]
     for pr in procs:
         pr.start()
-    paths = [out.get(timeout=120) for _ in procs]
+    got = [out.get(timeout=120) for _ in procs]
     for pr in procs:
         pr.join(timeout=60)
         assert pr.exitcode == 0
-    assert len(set(paths)) == 1
-    p = Path(paths[0])
+    assert len({p for p, _ in got}) == 1 and sorted(w for _, w in got) == [False, False, True]
+    p = Path(got[0][0])
     path, key, settings = F.beton_path(ds, "train", tmp_path)
     assert p == path and F.check_beton(p, key, settings, 2000) is None
     assert _files(tmp_path) == sorted([p.name, p.name + ".json"])

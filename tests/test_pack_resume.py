@@ -62,7 +62,8 @@ def test_progress_reports_each_network_once_as_it_finishes(full):
         for i, r in fin.items():
             assert r is results[i] or r == results[i]
     state = steps[1][1][phase1_key(configs[1])]
-    assert set(state) == {"state_dict", "stats", "window"} and state["stats"]["iterations"] == 10
+    assert set(state) == {"state_dict", "stats", "window", "stack"} and state["stats"]["iterations"] == 10
+    assert state["stack"] == 1                                      # trained alone (CPU)
     assert state["window"][0] < state["window"][1]                 # its training window, for the MLflow run
     assert all(v.device.type == "cpu" for v in state["state_dict"].values())
 

@@ -14,7 +14,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 from imbalance_core.trial import TrialConfig, run_trials
 from sweeps import full_grid, grids
