@@ -5,7 +5,9 @@
    draws them into its final checkpoint (on the worker, in parallel); `sweeps.tracking` logs them with
    each network's MLflow run (and draws them there only for a network whose checkpoint has none).
 2. The report figures of a finished sweep (`REPORT_FIGURES`: AUC vs rho, mu x rho heat maps, accuracy
-   vs rho, partial sampling, methods ranked per cell), drawn with matplotlib from the aggregated rows of `sweeps.report`.
+   vs rho, partial sampling), drawn with matplotlib from the aggregated rows of `sweeps.report`, and the methods
+   ranked per cell (`fig_ranked`), drawn from `sweeps.report.ranked_cells`: per-network runs compared paired by
+   seed.
 
 matplotlib is imported on first use of a report figure only (the sweep driver, and the Ray workers that
 import the driver's module, never need it).
@@ -399,9 +401,12 @@ def __getattr__(name: str):
 
 
 def is_partial(method: str) -> bool:
-    """A method swept over levels (partial sampling): drawn against level, not rho."""
-    spec = M.SPECS.get(method.split(":", 1)[0])
-    return bool(spec and spec.needs_level)
+    """A method swept over levels (partial sampling: its spec's `needs_level`): drawn against level, not rho.
+    An unknown method is a whole one."""
+    try:
+        return M.get(method).needs_level
+    except ValueError:
+        return False
 
 
 def method_label(method: str) -> str:
@@ -604,61 +609,70 @@ def fig_partial(dataset: str, rows: list[dict], out: Path) -> Path | str:
 
 RANKED_METRICS = (("auc", "ROC AUC"), ("accuracy", "accuracy"), ("accuracy_posthoc_best", "best post-hoc accuracy"))
 RANKED_MAX_CELLS = 4
+OUTCOME_MARKER = {"=": "D", "<": "o", ">": "^", "?": "o"}      # a paired difference from the best: tie, below, ...
 
 
-def ranked_cells(rows: list[dict]) -> dict[tuple, list[dict]]:
-    """{(imbalance, rho, mu): its rows of whole (non-partial) methods, best mean AUC first} for every cell
-    with at least 3 such methods: the methods side by side (`fig_ranked`, report.py's ranked.md)."""
-    cells: dict[tuple, list[dict]] = {}
-    for r in rows:
-        if not is_partial(r["method"]) and r["auc_mean"] is not None:
-            cells.setdefault((r["imbalance"], r["rho"], r["mu"]), []).append(r)
-    return {c: sorted(rs, key=lambda r: (-r["auc_mean"], method_rank(r["method"])))
-            for c, rs in sorted(cells.items(), key=lambda kv: (kv[0][0], kv[0][1] or 0, kv[0][2] or 0))
-            if len(rs) >= 3}
-
-
-def fig_ranked(dataset: str, rows: list[dict], out: Path) -> Path | str:
-    """Every method of a cell side by side, ranked by mean AUC: mean and 95% interval of AUC, accuracy and
-    best post-hoc accuracy (one row of panels per cell; the shaded band is the interval of the best method
-    in that metric)."""
-    cells = ranked_cells(rows)
+def fig_ranked(dataset: str, cells: list, out: Path) -> Path | str:
+    """The ranked cells of `sweeps.report.ranked_cells` (one dataset), one row of panels per cell, two panels per
+    metric: (1) each method's mean with the 95% interval of its mean, never drawn past 100 (the bar is clipped at
+    the metric's bound); (2) its difference from the best method of the cell, paired by seed, with the 95%
+    interval of the mean per-seed difference, the tie band shaded. Markers: filled = below the best, diamond =
+    tie, hollow = not resolved."""
     if not cells:
         return "needs a cell with >= 3 whole (non-partial) methods"
     if len(cells) > RANKED_MAX_CELLS:
         return f"{len(cells)} cells with >= 3 methods (drawn for at most {RANKED_MAX_CELLS}); see ranked.md"
     plt = _pyplot()
-    colors = _colors({r["method"] for rs in cells.values() for r in rs})
-    n_methods = max(len(rs) for rs in cells.values())
-    fig, axes = plt.subplots(len(cells), len(RANKED_METRICS), squeeze=False,
-                             figsize=(4.0 * len(RANKED_METRICS), 0.8 + 0.32 * n_methods * len(cells)))
-    for row_axes, ((imb, rho, mu), rs) in zip(axes, cells.items()):
-        y = list(range(len(rs)))[::-1]                       # the best at the top
-        for ax, (metric, label) in zip(row_axes, RANKED_METRICS):
-            top = max((r for r in rs if r[f"{metric}_mean"] is not None), key=lambda r: r[f"{metric}_mean"],
-                      default=None)
-            if top is not None and top[f"{metric}_ci95"] is not None:
-                lo = top[f"{metric}_mean"] - top[f"{metric}_ci95"]
-                ax.axvspan(lo, top[f"{metric}_mean"] + top[f"{metric}_ci95"], color="0.9", lw=0)
-            for yi, r in zip(y, rs):
-                m, ci = r[f"{metric}_mean"], r[f"{metric}_ci95"]
+    colors = _colors({e.method for c in cells for e in c.methods})
+    n_methods = max(len(c.methods) for c in cells)
+    fig, axes = plt.subplots(len(cells), 2 * len(RANKED_METRICS), squeeze=False,
+                             figsize=(3.1 * 2 * len(RANKED_METRICS), 1.0 + 0.34 * n_methods * len(cells)))
+    for row_axes, cell in zip(axes, cells):
+        y = list(range(len(cell.methods)))[::-1]                 # the best mean AUC at the top
+        labels = [f"{method_label(e.method)} (n={e.n})" for e in cell.methods]
+        for k, (metric, label) in enumerate(RANKED_METRICS):
+            ax_v, ax_d = row_axes[2 * k], row_axes[2 * k + 1]
+            best = cell.best[metric]
+            for yi, e in zip(y, cell.methods):
+                m = e.mean[metric]
                 if m is None:
                     continue
-                ax.errorbar([m], [yi], xerr=None if ci is None else [[ci], [ci]], fmt="o", ms=4, capsize=2,
-                            color=colors[r["method"]])
-            ax.set_yticks(y, [f"{method_label(r['method'])} (n={r['n']})" for r in rs], fontsize=7)
-            ax.set_xlabel(f"{label} (x100)", fontsize=8)
-            ax.tick_params(axis="x", labelsize=7)
-            ax.grid(True, axis="x", alpha=0.3)
-        row_axes[0].set_title(f"{dataset}: {imb}, rho={fmt_num(rho)}, mu={fmt_num(mu)}", fontsize=9, loc="left")
-    fig.suptitle("Methods ranked by mean AUC: mean and 95% interval over repetitions\n"
-                 "(grey: the best method's interval in each metric; an interval reaching into it is not resolved from it)",
-                 fontsize=9)
+                iv = e.drawn(metric)                            # clipped at 100
+                ax_v.errorbar([m], [yi], xerr=None if iv is None else [[m - iv[0]], [iv[1] - m]], fmt="o", ms=4,
+                              capsize=2, color=colors[e.method])
+                d = e.vs_best[metric]
+                if e is best:
+                    ax_d.plot([0], [yi], "*", ms=8, color=colors[e.method])
+                elif d is not None and d.estimate is not None:
+                    marker, filled = OUTCOME_MARKER[d.outcome], d.outcome != "?"       # hollow: not resolved
+                    err = None if d.ci is None else [[d.estimate - d.ci[0]], [d.ci[1] - d.estimate]]
+                    ax_d.errorbar([d.estimate], [yi], xerr=err, fmt=marker, ms=4, capsize=2, color=colors[e.method],
+                                  mfc=colors[e.method] if filled else "white")
+                    ax_d.axvspan(-d.margin, d.margin, ymin=(yi + 0.1) / len(y), ymax=(yi + 0.9) / len(y),
+                                 color="0.88", lw=0, zorder=0)
+            ax_v.set_yticks(y, labels, fontsize=7)
+            ax_d.set_yticks(y, [""] * len(y))
+            ax_v.set_xlabel(f"{label} (x100): mean, 95% CI", fontsize=7)
+            ax_d.set_xlabel(f"minus best ({method_label(best.method) if best else '-'}), paired by seed", fontsize=7)
+            ax_d.axvline(0, color="0.5", lw=0.8)
+            for ax in (ax_v, ax_d):
+                ax.set_ylim(-0.6, len(y) - 0.4)
+                ax.tick_params(axis="x", labelsize=7)
+                ax.grid(True, axis="x", alpha=0.3)
+            lo, hi = ax_v.get_xlim()
+            if hi > 100:                                        # the axis itself stops at the bound
+                ax_v.set_xlim(lo, 100 + 0.02 * (100 - lo))
+        row_axes[0].set_title(f"{cell.dataset}: {cell.imbalance}, rho={fmt_num(cell.rho)}, mu={fmt_num(cell.mu)}",
+                              fontsize=9, loc="left")
+    fig.suptitle("Methods ranked by mean AUC. Left of each pair: mean and 95% interval of the mean (clipped at 100). "
+                 "Right: difference from the best, paired by seed, 95% interval;\ngrey = tie band; diamond = tie, "
+                 "filled = below the best, hollow = not resolved", fontsize=9)
     fig.tight_layout()
     fig.savefig(out, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return out
 
 
+# (name, function(dataset, best-lr aggregated rows, out)); the ranked figure draws report.ranked_cells instead
 REPORT_FIGURES = (("auc_vs_rho", fig_auc_vs_rho), ("heatmap_auc", fig_heatmaps),
-           ("accuracy_vs_rho", fig_accuracy_vs_rho), ("partial_sampling", fig_partial), ("ranked", fig_ranked))
+                  ("accuracy_vs_rho", fig_accuracy_vs_rho), ("partial_sampling", fig_partial))

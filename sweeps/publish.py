@@ -249,7 +249,8 @@ def snapshot(live: str | Path, page: str | Path, data_dir: str | None = None) ->
 
 def regenerate(page: str | Path) -> dict:
     """Rewrite the page's report and findings from its own store (the page's `page.json` names the sweep and
-    the findings' preamble). Returns the report's summary (sweeps.report.build_report)."""
+    the findings' preamble), and the generated blocks of its README.md (`readme_blocks`). Returns the report's
+    summary (sweeps.report.build_report)."""
     from sweeps import findings, report
     page = Path(page)
     meta = json.loads((page / PAGE_FILE).read_text())
@@ -259,7 +260,59 @@ def regenerate(page: str | Path) -> dict:
                         "--preamble", meta.get("preamble", "")])
     if rc != 0:
         raise RuntimeError(f"{page}: findings exited {rc}")
+    readme = page / "README.md"
+    if readme.is_file():
+        runs = report.load_runs(uri, meta["sweep"])[1]
+        report.fill_test_examples(uri, runs)              # the test set's size, from each run's result.json
+        readme.write_text(render_readme(readme.read_text(), readme_blocks(meta, runs)))
     return res
+
+
+BLOCK = re.compile(r"(<!-- BEGIN generated (\w+)[^>]*-->\n).*?(<!-- END generated \2 -->)", re.S)
+
+
+def readme_blocks(meta: dict, runs: list[dict]) -> dict[str, str]:
+    """The generated blocks of a page's README, from its store's runs (no number copied by hand):
+    `status` (networks in the store, and of the preset's plan when page.json names a `preset`), `findings`
+    (each check's verdict, as findings.md decides it), `headline` (ranked.md's sections of the cells page.json
+    names as `headline`, one title or a list, e.g. "mnist: step, rho 1000, mu 0.5")."""
+    from sweeps import findings, grids, report
+    from sweeps.grids import cell_of
+    blocks = {}
+    seeds = sorted({r["seed"] for r in runs if r.get("seed") is not None})
+    status = [f"The store holds {len(runs)} finished networks (seeds {', '.join(f'{s:g}' for s in seeds)})."]
+    if meta.get("preset"):
+        plan = grids.expand(grids.PRESETS[meta["preset"]], grids.Overrides(data_dir="."))
+        logged = {(r["imbalance"], r["rho"], r["mu"], r["method"], r["level"], r["seed"]) for r in runs}
+        planned = {(c.imbalance, c.rho, c.mu, c.method, c.level, c.seed) for c in plan}
+        done = planned & logged
+        status[0] = (f"The store holds {len(runs)} finished networks: {len(done)} of the {len(planned)} that the "
+                     f"`{meta['preset']}` preset plans ({len(planned) - len(done)} to go).")
+        by_block: dict[str, list[int]] = {}
+        for c in plan:
+            k = cell_of(c)
+            n = by_block.setdefault(k, [0, 0])
+            n[1] += 1
+            n[0] += (c.imbalance, c.rho, c.mu, c.method, c.level, c.seed) in logged
+        status += ["", "| cell | networks in the store / planned |", "|---|---|"]
+        status += [f"| {k} | {d} / {t} |" for k, (d, t) in by_block.items()]
+    blocks["status"] = "\n".join(status)
+    blocks["findings"] = "\n".join(f"- {title}: **{verdict}**" for title, verdict, _, _ in findings.findings(runs))
+    if meta.get("headline"):
+        wanted = [meta["headline"]] if isinstance(meta["headline"], str) else list(meta["headline"])
+        sections = {s.split("\n", 1)[0].strip(): s.strip()
+                    for s in report.ranked_markdown(meta["sweep"], runs).split("\n## ")[1:]}
+        blocks["headline"] = "\n\n".join(f"### {sections[t]}" if t in sections else f"(no ranked cell {t!r} yet)"
+                                          for t in wanted)
+    return blocks
+
+
+def render_readme(text: str, blocks: dict[str, str]) -> str:
+    """`text` with each generated block (`<!-- BEGIN generated NAME ... -->` .. `<!-- END generated NAME -->`)
+    replaced by blocks[NAME]; blocks the text does not hold are not added, and a block name the text holds
+    but `blocks` lacks is left as it is."""
+    return BLOCK.sub(lambda m: f"{m.group(1)}{blocks[m.group(2)]}\n{m.group(3)}" if m.group(2) in blocks
+                     else m.group(0), text)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -16,8 +16,18 @@ to DIR (default `reports/<SWEEP>/`):
 - `partial_sampling_<dataset>.png`: AUC vs level (imbalance ratio left after sampling, log x) for
   partial-ros / partial-rus, anchored by baseline (level = rho) and full ROS / RUS (level = 1) when
   those runs exist.
+- `ranked.md` and `ranked_<dataset>.png`: per cell with >= 3 whole methods, the methods ranked by mean AUC,
+  each compared with the best method of the cell **paired by seed** (`paired`, `ranked_cells`): one seed gives
+  every method of a cell the same imbalanced subset, minority classes and initial weights, so the difference
+  is taken seed by seed and the 95% t-interval is that of the mean of those differences (a seed one method
+  lacks is left out, and named). A tie (the interval within +-TIE_RELATIVE of the smaller error 100 - metric,
+  at least TIE_FLOOR points) is read first. An interval of a metric bounded at 100 is never drawn or quoted
+  past 100 (`clipped`).
 
-The figures are drawn by `sweeps.figures` (REPORT_FIGURES). A figure whose data is missing is skipped,
+Comparisons between cells with different subsets (another rho, step against linear) are unpaired (`welch`);
+`sweeps.findings` uses both.
+
+The figures are drawn by `sweeps.figures` (REPORT_FIGURES and `fig_ranked`). A figure whose data is missing is skipped,
 and the reason is returned and written in results.md.
 When a cell was run at several base learning rates (CIFAR-10), the table keeps one row per lr and the
 figures plot, for each point, the lr with the best mean AUC (the paper's lr search).
@@ -30,15 +40,21 @@ import math
 import os
 import sys
 from collections import defaultdict
+from dataclasses import dataclass, field
 from pathlib import Path
-from statistics import mean, stdev
+from statistics import fmean, mean, stdev
+
+if __name__ == "__main__":                  # run as a script: the repo on the path, and store_name's relative import
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    __package__ = "sweeps"                  # noqa: A001
 
 import mlflow
 from mlflow.tracking import MlflowClient
 from scipy.stats import t as student_t
 
 from imbalance_core.result import ACCURACY, AUC, HEADLINE
-from sweeps.figures import RANKED_METRICS, REPORT_FIGURES, fmt_num, method_label, method_rank, ranked_cells
+from sweeps.figures import (RANKED_METRICS, REPORT_FIGURES, fig_ranked, fmt_num, is_partial, method_label,
+                            method_rank)
 
 METRICS = HEADLINE          # the per-network metrics summarised (imbalance_core/result.py)
 KEY_FIELDS = ("dataset", "imbalance", "rho", "mu", "method", "level", "lr")
@@ -101,6 +117,7 @@ def _runs_of(df) -> list[dict]:
         runs.append({
             "run_id": row["run_id"],
             "run_name": row.get("tags.mlflow.runName"),
+            "artifact_uri": row.get("artifact_uri"),
             "dataset": str(p("dataset")),
             "imbalance": str(p("imbalance")),
             "rho": _num(p("rho")),
@@ -112,9 +129,45 @@ def _runs_of(df) -> list[dict]:
             "iterations": _num(p("iterations")),
             "batch_size": _num(p("batch_size")),
             "n_per_class": _num(p("n_per_class")),
+            # the size of the test set the network was scored on: a metric where the store logs it, otherwise
+            # in the run's result.json (`fill_test_examples` reads it for the runs that need it)
+            "test_examples": _num(row.get("metrics.test_examples")),
             **metrics,
         })
     return runs
+
+
+def _result_json(tracking_uri: str, artifact_uri: str | None) -> dict | None:
+    """A run's result.json artifact, or None where it cannot be read. A relative artifact location (a published
+    store) is relative to the store's folder."""
+    import json
+
+    from sweeps.tracking import local_store_dir
+    if not artifact_uri:
+        return None
+    folder = local_store_dir(tracking_uri)
+    try:
+        if "://" not in artifact_uri and not artifact_uri.startswith("/"):
+            if folder is None:
+                return None
+            return json.loads((folder / artifact_uri / "result.json").read_text())
+        if artifact_uri.startswith("file://") or artifact_uri.startswith("/"):
+            return json.loads((Path(artifact_uri.removeprefix("file://")) / "result.json").read_text())
+        return mlflow.artifacts.load_dict(f"{artifact_uri.rstrip('/')}/result.json")
+    except Exception:                      # noqa: BLE001 -- a missing or unreadable artifact: the size stays unknown
+        return None
+
+
+def fill_test_examples(tracking_uri: str, runs: list[dict]) -> int:
+    """Set `test_examples` of the given runs that lack it from their result.json (a few runs: one read each).
+    Returns how many are still unknown."""
+    unknown = 0
+    for r in runs:
+        if r.get("test_examples") is None:
+            res = _result_json(tracking_uri, r.get("artifact_uri"))
+            r["test_examples"] = _num(res.get("test_examples")) if res else None
+            unknown += r["test_examples"] is None
+    return unknown
 
 
 NETWORK_COLUMNS_FIRST = ("run_id", "tags.mlflow.runName", "start_time", "end_time")
@@ -178,6 +231,219 @@ def _best_lr(rows: list[dict]) -> list[dict]:
     return sorted(best.values(), key=_sort_key)
 
 
+def best_lr_runs(runs: list[dict]) -> list[dict]:
+    """The runs of `_best_lr`'s rows: per (dataset, imbalance, rho, mu, method, level), only the runs at the lr
+    with the best mean AUC (the paper's lr search; the lr of a cell run at one lr is that lr)."""
+    keep = {tuple(r[f] for f in KEY_FIELDS) for r in _best_lr(aggregate(runs))}
+    return [r for r in runs if tuple(r[f] for f in KEY_FIELDS) in keep]
+
+
+# ------------------------------------------------------------------------------------ comparing
+
+CONFIDENCE = 0.95
+BOUND = 100.0              # every metric compared is a percentage (x100): AUC and the accuracies
+TIE_RELATIVE = 0.10        # a difference within +-10% of the smaller error (100 - metric) of the two is a tie ...
+TIE_FLOOR = 0.05           # ... or within +-0.05 points where that is larger (about 4 of MNIST's 8,920 test images)
+PAIRED, WELCH = "paired", "Welch"
+
+
+def tie_margin(mean_a: float, mean_b: float) -> float:
+    """The half-width of the tie band of a difference between two means of a metric bounded at BOUND:
+    TIE_RELATIVE x the smaller error (BOUND - mean) of the two, at least TIE_FLOOR points. It means the same
+    near AUC 99.9 (error 0.1: the floor) as near 90 (error 10: 1 point)."""
+    return max(TIE_FLOOR, TIE_RELATIVE * min(BOUND - mean_a, BOUND - mean_b))
+
+
+def _sd(values: list[float]) -> float:
+    """The sample standard deviation (ddof 1) in floating point (statistics.stdev is exact, and slow)."""
+    m = fmean(values)
+    return math.sqrt(sum((v - m) ** 2 for v in values) / (len(values) - 1))
+
+
+def t_half_width(values: list[float], confidence: float = CONFIDENCE) -> float | None:
+    """Half-width of the two-sided t-interval of the mean of `values` (n - 1 df); None for fewer than 2."""
+    if len(values) < 2:
+        return None
+    return float(student_t.ppf(0.5 + confidence / 2, len(values) - 1)) * _sd(values) / math.sqrt(len(values))
+
+
+def clipped(lo: float, hi: float, bound: float = BOUND) -> tuple[float, float]:
+    """An interval of a metric that cannot exceed `bound`, as drawn or quoted: no end past the bound."""
+    return min(lo, bound), min(hi, bound)
+
+
+@dataclass(frozen=True)
+class Diff:
+    """A minus B in one metric, with its CONFIDENCE t-interval and how it was computed.
+
+    kind PAIRED: per seed, A's network minus B's network of the same seed (the same imbalanced subset, minority
+    classes and initial weights); the interval is that of the mean of the n differences (n - 1 df). kind WELCH:
+    the difference of the two means, Welch's interval (cells with different subsets). `margin` is the tie margin
+    (`tie_margin` of the two means compared); `note` names the seeds one side lacks (left out of the pairs)."""
+    kind: str
+    estimate: float | None
+    ci: tuple[float, float] | None
+    n: int
+    margin: float | None
+    note: str = ""
+    n_b: int | None = None                  # Welch: the runs of B (n is A's)
+
+    @property
+    def outcome(self) -> str:
+        """'=' a tie (the interval lies within +-margin: checked first, even when it excludes 0), '>' A better
+        (above 0), '<' A worse (below 0), '?' undecided (it holds 0 and reaches past the margin, or n < 2)."""
+        if self.ci is None:
+            return "?"
+        lo, hi = self.ci
+        if -self.margin <= lo and hi <= self.margin:
+            return "="
+        if lo > 0:
+            return ">"
+        if hi < 0:
+            return "<"
+        return "?"
+
+    @property
+    def n_text(self) -> str:
+        if self.kind == PAIRED:
+            return f"n = {self.n} pair{'s' * (self.n != 1)}" + (f"; {self.note}" if self.note else "")
+        if self.kind == WELCH:
+            return f"unpaired, n = {self.n} and {self.n_b}"
+        return f"n = {self.n} seed{'s' * (self.n != 1)}" + (f"; {self.note}" if self.note else "")
+
+    def interval_text(self) -> str:
+        """'+1.23 [+0.50, +1.96]' or the reason there is no interval."""
+        if self.estimate is None:
+            return "no runs to compare"
+        if self.ci is None:
+            return f"{self.estimate:+.2f} (no interval: n < 2)"
+        return f"{self.estimate:+.2f} [{self.ci[0]:+.2f}, {self.ci[1]:+.2f}]"
+
+    def text(self) -> str:
+        """'paired 95% CI ... (n = 3 pairs), tie within +-0.30 -> <'."""
+        tie = "" if self.margin is None else f", tie within ±{self.margin:.2f}"
+        return (f"{self.kind} {CONFIDENCE:.0%} CI {self.interval_text()} ({self.n_text}){tie} -> {self.outcome}")
+
+
+def _by_seed(runs: list[dict], metric: str) -> dict[float, float]:
+    """{seed: value} of runs with a seed and a value; two runs of one seed (never in a sweep) are averaged."""
+    vals: dict[float, list[float]] = defaultdict(list)
+    for r in runs:
+        if r.get("seed") is not None and r.get(metric) is not None:
+            vals[r["seed"]].append(r[metric])
+    return {s: v[0] if len(v) == 1 else fmean(v) for s, v in vals.items()}
+
+
+def _seeds_text(seeds) -> str:
+    s = sorted(seeds)
+    return f"seed{'s' * (len(s) > 1)} {', '.join(fmt_num(v) for v in s)}"
+
+
+def paired(a: list[dict], b: list[dict], metric: str, metric_b: str | None = None, names: tuple[str, str] = ("A", "B")
+           ) -> Diff:
+    """A minus B paired by seed: the runs of A and B (two methods of one cell, or two metrics of the same
+    networks with `metric_b`) matched seed by seed; a seed one side lacks is left out and named in `note`."""
+    va, vb = _by_seed(a, metric), _by_seed(b, metric_b or metric)
+    common = sorted(set(va) & set(vb))
+    notes = [f"{_seeds_text(set(va) - set(vb))} missing for {names[1]}"] if set(va) - set(vb) else []
+    notes += [f"{_seeds_text(set(vb) - set(va))} missing for {names[0]}"] if set(vb) - set(va) else []
+    if not common:
+        return Diff(PAIRED, None, None, 0, None, "; ".join(notes))
+    d = [va[s] - vb[s] for s in common]
+    est = fmean(d)
+    margin = tie_margin(fmean(va[s] for s in common), fmean(vb[s] for s in common))
+    h = t_half_width(d)
+    return Diff(PAIRED, est, None if h is None else (est - h, est + h), len(d), margin, "; ".join(notes))
+
+
+def welch(a: list[dict], b: list[dict], metric: str) -> Diff:
+    """mean(A) - mean(B) with the Welch t-interval: for cells with different subsets (unpaired)."""
+    xa = [r[metric] for r in a if r.get(metric) is not None]
+    xb = [r[metric] for r in b if r.get(metric) is not None]
+    if not xa or not xb:
+        return Diff(WELCH, None, None, len(xa), None, n_b=len(xb))
+    ma, mb = fmean(xa), fmean(xb)
+    d, margin = ma - mb, tie_margin(ma, mb)
+    if len(xa) < 2 or len(xb) < 2:
+        return Diff(WELCH, d, None, len(xa), margin, n_b=len(xb))
+    va, vb = _sd(xa) ** 2 / len(xa), _sd(xb) ** 2 / len(xb)
+    if va + vb == 0:
+        return Diff(WELCH, d, (d, d), len(xa), margin, n_b=len(xb))
+    df = (va + vb) ** 2 / ((va ** 2 / (len(xa) - 1)) + (vb ** 2 / (len(xb) - 1)))
+    h = float(student_t.ppf(0.5 + CONFIDENCE / 2, df)) * math.sqrt(va + vb)
+    return Diff(WELCH, d, (d - h, d + h), len(xa), margin, n_b=len(xb))
+
+
+# ------------------------------------------------------------------------------------ ranking
+
+@dataclass
+class Ranked:
+    """One method of a ranked cell: its runs, per metric the mean over them and the half-width of its 95%
+    t-interval, and (`vs_best`) its paired difference from the best method of the cell in that metric (None for
+    the best itself)."""
+    method: str
+    runs: list[dict]
+    mean: dict[str, float | None]
+    half: dict[str, float | None]
+    vs_best: dict[str, Diff | None] = field(default_factory=dict)
+
+    @property
+    def n(self) -> int:
+        return len(self.runs)
+
+    def drawn(self, metric: str) -> tuple[float, float] | None:
+        """The 95% interval of the mean as drawn or quoted: clipped at BOUND."""
+        m, h = self.mean[metric], self.half[metric]
+        return None if m is None or h is None else clipped(m - h, m + h)
+
+
+@dataclass
+class RankedCell:
+    """Every whole method of one cell (dataset, imbalance, rho, mu), best mean AUC first, and per metric the best."""
+    dataset: str
+    imbalance: str
+    rho: float | None
+    mu: float | None
+    methods: list[Ranked]
+    best: dict[str, Ranked | None]
+
+    @property
+    def title(self) -> str:
+        return f"{self.dataset}: {self.imbalance}, rho {fmt_num(self.rho)}, mu {fmt_num(self.mu)}"
+
+
+def ranked_cells(runs: list[dict]) -> list[RankedCell]:
+    """The cells with >= 3 whole methods (not swept over a level: `MethodSpec.needs_level`), each method at its
+    best-AUC lr (`best_lr_runs`), methods ranked by mean AUC; each compared with the best of its cell per metric,
+    paired by seed (`paired`)."""
+    cells: dict[tuple, dict[str, list[dict]]] = defaultdict(lambda: defaultdict(list))
+    partial = {m for m in {r["method"] for r in runs} if is_partial(m)}
+    for r in best_lr_runs(runs):
+        if r["method"] not in partial and r.get(AUC) is not None:
+            cells[(r["dataset"], r["imbalance"], r["rho"], r["mu"])][r["method"]].append(r)
+    out = []
+    none_last = lambda v: (v is None, v or 0.0)  # noqa: E731
+    for key in sorted(cells, key=lambda k: (k[0], k[1], none_last(k[2]), none_last(k[3]))):
+        by_method = cells[key]
+        if len(by_method) < 3:
+            continue
+        entries = []
+        for method, rs in by_method.items():
+            vals = {m: [r[m] for r in rs if r.get(m) is not None] for m, _ in RANKED_METRICS}
+            entries.append(Ranked(method, rs, {m: fmean(v) if v else None for m, v in vals.items()},
+                                  {m: t_half_width(v) for m, v in vals.items()}))
+        entries.sort(key=lambda e: (-e.mean[AUC], method_rank(e.method)))
+        best = {m: max((e for e in entries if e.mean[m] is not None), key=lambda e: e.mean[m], default=None)
+                for m, _ in RANKED_METRICS}
+        for e in entries:
+            for m, _ in RANKED_METRICS:
+                top = best[m]
+                e.vs_best[m] = (None if top is None or e is top or e.mean[m] is None else
+                                paired(e.runs, top.runs, m, names=(e.method, top.method)))
+        out.append(RankedCell(*key, entries, best))
+    return out
+
+
 # ---------------------------------------------------------------------------------------- writing
 
 def _csv_value(v) -> str:
@@ -229,7 +495,8 @@ def write_markdown(sweep: str, tracking_uri: str, n_runs: int, rows: list[dict],
             r["dataset"], r["imbalance"], fmt_num(r["rho"]), fmt_num(r["mu"]), r["method"],
             fmt_num(r["level"]) or "—", fmt_num(r["lr"]) or "default", str(r["n"]),
             *(_pm(r, m) for m in METRICS)]) + " |")
-    lines += ["", "Methods ranked per cell, with 95% intervals: [ranked.md](ranked.md).", "", "## Figures", ""]
+    lines += ["", "Methods ranked per cell, each compared with the best one paired by seed (95% intervals): "
+              "[ranked.md](ranked.md).", "", "## Figures", ""]
     lines += [f"- [{p.name}]({p.name})" for p in figures] or ["- (none)"]
     if skipped:
         lines += ["", "## Skipped figures", ""]
@@ -237,50 +504,58 @@ def write_markdown(sweep: str, tracking_uri: str, n_runs: int, rows: list[dict],
     path.write_text("\n".join(lines) + "\n")
 
 
-def _ci(row: dict, metric: str) -> str:
-    m, c = row[f"{metric}_mean"], row[f"{metric}_ci95"]
-    return "—" if m is None else f"{m:.2f} ± {c:.2f}" if c is not None else f"{m:.2f}"
+MARKS = {"=": "tie", "<": "below", ">": "above", "?": "not resolved"}
 
 
-def resolved(a: dict, b: dict, metric: str) -> bool | None:
-    """Whether the 95% intervals of two rows' means are apart (None: a row or its interval is missing, n = 1)."""
-    if a is None or b is None:
-        return None
-    ma, ca, mb, cb = a[f"{metric}_mean"], a[f"{metric}_ci95"], b[f"{metric}_mean"], b[f"{metric}_ci95"]
-    if None in (ma, ca, mb, cb):
-        return None
-    return abs(ma - mb) > ca + cb
+def _value(e: Ranked, metric: str) -> str:
+    m, h = e.mean[metric], e.half[metric]
+    return "—" if m is None else f"{m:.2f} ± {h:.2f}" if h is not None else f"{m:.2f}"
 
 
-def ranked_markdown(sweep: str, rows: list[dict]) -> str:
-    """ranked.md: per cell with >= 3 whole methods (figures.ranked_cells), the methods ranked by mean AUC
-    with the 95% interval of each mean, and, per metric, which are not resolved from the best one."""
+def _vs_best(e: Ranked, metric: str, best: Ranked | None) -> str:
+    if best is None or e.mean[metric] is None:
+        return "—"
+    if e is best:
+        return "best"
+    d = e.vs_best[metric]
+    extra = f" (n = {d.n} pairs; {d.note})" if d.note else ""
+    return f"{d.interval_text()} {MARKS[d.outcome]}{extra}"
+
+
+def ranked_markdown(sweep: str, runs: list[dict]) -> str:
+    """ranked.md: per cell with >= 3 whole methods (`ranked_cells`), the methods ranked by mean AUC with the mean
+    ± the half-width of its 95% interval, and, per metric, each method's difference from the best one paired by
+    seed with its 95% interval and what that interval says (tie, below, not resolved)."""
     lines = [f"# Sweep `{sweep}`: methods ranked per cell", "",
-             "Ranked by mean AUC. Each value is the mean over repetitions ± the half-width of its 95% Student-t "
-             "interval (x100). Per metric, ≈ marks a method whose interval overlaps the best method's "
-             "(the difference is inside the intervals: not resolved by these repetitions), < one whose "
-             "interval lies wholly below it. `best post-hoc` is chosen on the test set: an oracle bound.", ""]
-    for (imb, rho, mu), rs in ranked_cells(rows).items():
-        ds = rs[0]["dataset"]
-        best = {m: max((r for r in rs if r[f"{m}_mean"] is not None), key=lambda r: r[f"{m}_mean"], default=None)
-                for m, _ in RANKED_METRICS}
-        lines += [f"## {ds}: {imb}, rho {fmt_num(rho)}, mu {fmt_num(mu)}", "",
-                  "| rank | method | n | " + " | ".join(label for _, label in RANKED_METRICS) + " |",
-                  "|---|---|---|" + "---|" * len(RANKED_METRICS)]
-        for i, r in enumerate(rs, 1):
-            marks = []
-            for m, _ in RANKED_METRICS:
-                apart = None if r is best[m] else resolved(r, best[m], m)
-                marks.append(_ci(r, m) + ("" if r is best[m] else {True: " <", False: " ≈", None: ""}[apart]))
-            lines.append(f"| {i} | {method_label(r['method'])} | {r['n']} | " + " | ".join(marks) + " |")
+             "Ranked by mean AUC. `mean ± h`: the mean over repetitions and the half-width of its 95% Student-t "
+             "interval (x100; the interval of one method's mean, not a comparison). `minus best`: the method's "
+             "difference from the best method of the cell in that metric, **paired by seed** (a seed gives every "
+             "method of a cell the same imbalanced subset, minority classes and initial weights: the difference is "
+             "taken network by network, seed by seed, and its 95% t-interval is that of the mean of those "
+             "differences; a seed one of the two lacks is left out and named). Read in this order: **tie** when the "
+             f"interval lies within ±{TIE_RELATIVE:.0%} of the smaller error (100 − metric) of the two, at least "
+             f"±{TIE_FLOOR:g} points (even when it excludes 0); **below** when it lies below 0; **above** when it "
+             "lies above 0 (possible where seeds are missing); otherwise **not resolved** by these repetitions. "
+             "`best post-hoc` is chosen on the test set: an oracle bound.", ""]
+    for cell in ranked_cells(runs):
+        lines += [f"## {cell.title}", "",
+                  "| rank | method | n | " + " | ".join(f"{label} | minus best" for _, label in RANKED_METRICS) + " |",
+                  "|---|---|---|" + "---|---|" * len(RANKED_METRICS)]
+        for i, e in enumerate(cell.methods, 1):
+            vals = [f"{_value(e, m)} | {_vs_best(e, m, cell.best[m])}" for m, _ in RANKED_METRICS]
+            lines.append(f"| {i} | {method_label(e.method)} | {e.n} | " + " | ".join(vals) + " |")
         lines.append("")
         for m, label in RANKED_METRICS:
-            if best[m] is None:
+            top = cell.best[m]
+            if top is None:
                 continue
-            inside = [method_label(r["method"]) for r in rs if r is not best[m] and resolved(r, best[m], m) is False]
-            below = [method_label(r["method"]) for r in rs if r is not best[m] and resolved(r, best[m], m)]
-            lines.append(f"- {label}: best {method_label(best[m]['method'])}; inside its interval (not resolved): "
-                         f"{', '.join(inside) or 'none'}; below it: {', '.join(below) or 'none'}.")
+            by = defaultdict(list)
+            for e in cell.methods:
+                if e is not top and e.vs_best[m] is not None:
+                    by[e.vs_best[m].outcome].append(method_label(e.method))
+            lines.append(f"- {label}: best {method_label(top.method)}; tied with it: {', '.join(by['=']) or 'none'}; "
+                         f"below it: {', '.join(by['<']) or 'none'}; not resolved: {', '.join(by['?']) or 'none'}"
+                         + (f"; above it on the paired seeds: {', '.join(by['>'])}" if by[">"] else "") + ".")
         lines.append("")
     return "\n".join(lines)
 
@@ -306,13 +581,17 @@ def build_report(tracking_uri: str, sweep_name: str, out_dir: str | Path | None 
     figures: list[Path] = []
     skipped: dict[str, str] = {}
     datasets = sorted({r["dataset"] for r in rows})
+    figure_fns = REPORT_FIGURES + (("ranked", None),)
     if not datasets:
-        skipped.update({name: "no finished runs with metrics" for name, _ in REPORT_FIGURES})
+        skipped.update({name: "no finished runs with metrics" for name, _ in figure_fns})
+    cells = ranked_cells(runs)
     for ds in datasets:
         ds_rows = [r for r in plot_rows if r["dataset"] == ds]
-        for name, fn in REPORT_FIGURES:
+        for name, fn in figure_fns:
             target = out / f"{name}_{ds}.png"
-            res = fn(ds, ds_rows, target)
+            # the ranked figure draws the paired comparisons of ranked.md (per-network runs); the others the means
+            res = (fig_ranked(ds, [c for c in cells if c.dataset == ds], target) if fn is None else
+                   fn(ds, ds_rows, target))
             if isinstance(res, Path):
                 figures.append(res)
             else:
@@ -321,7 +600,7 @@ def build_report(tracking_uri: str, sweep_name: str, out_dir: str | Path | None 
     csv_path, md_path, ranked_path = out / "results.csv", out / "results.md", out / "ranked.md"
     write_csv(rows, csv_path)
     write_markdown(sweep_name, tracking_uri, len(runs), rows, figures, skipped, md_path)
-    ranked_path.write_text(ranked_markdown(sweep_name, plot_rows))
+    ranked_path.write_text(ranked_markdown(sweep_name, runs))
     return {"experiment_id": experiment_id, "n_runs": len(runs), "n_groups": len(rows), "out_dir": out,
             "results_csv": csv_path, "results_md": md_path, "networks_csv": networks_csv, "figures": figures,
             "skipped": skipped, "ranked_md": ranked_path}

@@ -189,3 +189,21 @@ def test_a_snapshot_of_a_live_store_is_a_portable_page_that_grows_with_it(tmp_pa
     for run in copy.client.search_runs([copy.experiment_id]):
         assert (page / run.info.artifact_uri / "result.json").is_file()
     assert absolute_paths(page) == []
+
+
+def test_beyond_shares_its_paper_regimes_with_mnist_paper_network_for_network():
+    """docs/results/beyond's five paper regimes at step rho 1000 mu 0.5 are mnist-paper's networks (same config,
+    same seed, bit-identical metrics): the pages show them as shared, never as extra seeds."""
+    import csv
+
+    def networks(page):
+        rows = csv.DictReader((ROOT / "docs" / "results" / page / "networks.csv").open())
+        return {(r["tags.cell"], r["params.method"], r["params.level"], r["params.seed"]): r for r in rows}
+    beyond, paper = networks("beyond"), networks("mnist-paper")
+    shared = sorted(k for k in beyond if k[0] == "mnist/step/rho1000/mu0.5" and k[1] in
+                    ("baseline", "ros", "rus", "two-phase-ros", "two-phase-rus"))
+    assert len(shared) == 15 and set(shared) <= set(paper)
+    for k in shared:
+        assert {m: beyond[k][m] for m in beyond[k] if m.startswith("metrics.") and "seconds" not in m
+                and "per_second" not in m} == {m: paper[k][m] for m in beyond[k] if m.startswith("metrics.")
+                                               and "seconds" not in m and "per_second" not in m}, k

@@ -309,27 +309,98 @@ def test_results_csv_has_the_95_percent_interval_of_each_mean(store, tmp_path):
     assert float(row["auc_ci95"]) == pytest.approx(4.302652729 * statistics.stdev(aucs) / 3 ** 0.5, rel=1e-6)
 
 
-def test_methods_ranked_with_intervals_say_which_differences_are_resolved(tmp_path):
-    """ranked.md and the ranked figure of one cell: methods by mean AUC, each mean with its 95% interval;
-    a method whose interval overlaps the best's is marked not resolved (≈), one wholly below it (<)."""
-    from sweeps.figures import fig_ranked
+SEED_EFFECT = (-3.0, 0.0, 3.0)         # shared by every method of the cell: the subset draw of that seed
+
+
+def ranked_runs(missing=()):
+    """One cell, five methods x 3 seeds; every network = its method's mean + the seed's shared effect + its own
+    small deviation. `missing`: (method, seed) pairs left out."""
+    own = {"la-loss": (0.01, -0.02, 0.01), "ros": (0.02, 0.0, -0.02), "cb-focal": (0.0, 0.01, -0.01),
+           "rus": (1.5, -2.0, 0.5), "baseline": (0.1, -0.1, 0.0)}
+    means = {"la-loss": 97.0, "ros": 96.5, "cb-focal": 96.95, "rus": 96.3, "baseline": 91.0}
     runs = []
-    for method, aucs in (("baseline", (90.0, 91.0, 92.0)), ("ros", (96.0, 97.0, 98.0)),
-                         ("rus", (95.0, 96.5, 98.0)), ("la-loss", (96.5, 97.5, 98.5))):
-        for seed, auc in enumerate(aucs):
+    for method, m in means.items():
+        for seed, (e, o) in enumerate(zip(SEED_EFFECT, own[method])):
+            if (method, seed) in missing:
+                continue
+            auc = m + e + o
             runs.append({"dataset": "mnist", "imbalance": "step", "rho": 1000.0, "mu": 0.5, "method": method,
-                         "level": None, "lr": None, "seed": seed, "auc": auc, "accuracy": auc - 20,
+                         "level": None, "lr": None, "seed": float(seed), "auc": auc, "accuracy": auc - 20,
                          "accuracy_thresholded": auc - 5, "accuracy_posthoc_best": auc - 4})
-    rows = report.aggregate(runs)
-    md = report.ranked_markdown("s", rows)
+    return runs
+
+
+def test_methods_ranked_are_compared_with_the_best_paired_by_seed():
+    """ranked.md of one cell: methods by mean AUC, each mean with its 95% interval, and each method's difference
+    from the best paired by seed. A +-3-point seed effect makes every mean's interval ~+-7.5 points wide (they all
+    overlap, Welch resolves nothing), but ROS's per-seed difference from LA loss is a steady -0.5: below it."""
+    runs = ranked_runs()
+    md = report.ranked_markdown("s", runs)
     table = [ln for ln in md.splitlines() if ln.startswith("| ") and ln[2].isdigit()]
-    assert [ln.split(" | ")[1] for ln in table] == ["LA loss", "ROS", "RUS", "baseline"]   # by mean AUC
-    ci = 4.302652729911275 * 1.0 / 3 ** 0.5                 # t(0.975, 2) * std / sqrt(n), baseline's AUC
-    assert f"| 4 | baseline | 3 | 91.00 ± {ci:.2f} < |" in md
-    assert "| 2 | ROS | 3 | 97.00 ± " in md and table[1].split(" | ")[3].endswith(" ≈")
-    assert "- ROC AUC: best LA loss; inside its interval (not resolved): ROS, RUS; below it: baseline." in md
-    assert report.resolved(rows[0], rows[1], "auc") in (True, False)
-    out = fig_ranked("mnist", rows, tmp_path / "ranked.png")
+    assert [ln.split(" | ")[1] for ln in table] == ["LA loss", "CB focal", "ROS", "RUS", "baseline"]   # by mean AUC
+    la = [r["auc"] for r in runs if r["method"] == "la-loss"]
+    half = 4.302652729749462 * statistics.stdev(la) / 3 ** 0.5      # t(0.975, 2) * sd / sqrt(n), sd ~ 3
+    assert 7.3 < half < 7.6
+    assert f"| 1 | LA loss | 3 | {statistics.mean(la):.2f} ± {half:.2f} | best |" in md
+    ros = [r for r in runs if r["method"] == "ros"]
+    lal = [r for r in runs if r["method"] == "la-loss"]
+    assert report.welch(ros, lal, "auc").outcome == "?"                     # unpaired: not resolved
+    d = report.paired(ros, lal, "auc")
+    assert d.outcome == "<" and d.ci[1] < 0
+    assert f"| {d.interval_text()} below |" in table[2]
+    assert " tie |" in table[1]                                               # CB focal: within +-0.3 of LA loss
+    assert " not resolved |" in table[3]                                      # RUS: its own noise is large
+    assert ("- ROC AUC: best LA loss; tied with it: CB focal; below it: ROS, baseline; not resolved: RUS." in md)
+    assert "paired by seed" in md and "Welch" not in md
+
+
+def test_a_seed_missing_for_one_method_is_left_out_and_named():
+    md = report.ranked_markdown("s", ranked_runs(missing={("ros", 2)}))
+    ros_row = next(ln for ln in md.splitlines() if ln.startswith("| ") and " | ROS | " in ln)
+    assert "| ROS | 2 |" in ros_row and "(n = 2 pairs; seed 2 missing for ros)" in ros_row
+
+
+def _drawn_x(fig, panels):
+    """Every x of the error bars drawn in the given panel columns of each row (LineCollections of errorbar)."""
+    xs = []
+    n_cols = 2 * len(figures_mod().RANKED_METRICS)
+    for i, ax in enumerate(fig.axes):
+        if i % n_cols in panels:
+            for coll in ax.collections:
+                for seg in getattr(coll, "get_segments", lambda: [])():
+                    xs += [float(p[0]) for p in seg]
+            xs += [float(x) for line in ax.lines for x in line.get_xdata()]
+    return xs
+
+
+def figures_mod():
+    from sweeps import figures
+    return figures
+
+
+def test_ranked_figure_draws_paired_differences_and_never_past_100(tmp_path, monkeypatch):
+    """The ranked figure: per metric a panel of means with their 95% intervals, clipped at 100 (a mean of 99.9
+    with a +-0.6 interval is drawn up to 100, not 100.5), and a panel of paired differences from the best."""
+    figures = figures_mod()
+    runs = ranked_runs()
+    for r in runs:                                   # ROS near the ceiling, with a wide interval
+        if r["method"] == "ros":
+            r["auc"] = 99.9 + {0.0: -0.25, 1.0: 0.0, 2.0: 0.25}[r["seed"]]
+    cells = report.ranked_cells(runs)
+    ros = next(e for e in cells[0].methods if e.method == "ros")
+    assert ros.mean["auc"] + ros.half["auc"] > 100 and ros.drawn("auc")[1] == 100.0
+    seen = {}
+    real_close = figures.plt.close
+
+    def close(fig=None):
+        seen["value"] = _drawn_x(fig, panels={0, 2, 4})
+        seen["diff"] = _drawn_x(fig, panels={1, 3, 5})
+        seen["xlim"] = [fig.axes[k].get_xlim()[1] for k in (0, 2, 4)]
+        real_close(fig)
+    monkeypatch.setattr(figures.plt, "close", close)
+    out = report.fig_ranked("mnist", cells, tmp_path / "ranked.png")
     assert out == tmp_path / "ranked.png"
     assert_png(out)
-    assert "3 whole" in fig_ranked("mnist", [r for r in rows if r["method"] in ("ros", "rus")], tmp_path / "x.png")
+    assert max(seen["value"]) <= 100.0 and max(seen["xlim"]) <= 100.5
+    assert min(seen["diff"]) < -3 and max(seen["diff"]) < 5       # differences from the best, around 0
+    assert "3 whole" in report.fig_ranked("mnist", [], tmp_path / "x.png")

@@ -2,9 +2,7 @@
 sweep -> MLflow -> report (all four figures) -> findings page. The data dir is given relative to the
 working folder, as a user types it, and must still reach the Ray workers."""
 import os
-import shutil
 import statistics
-import tempfile
 from collections import defaultdict
 from pathlib import Path
 
@@ -14,17 +12,6 @@ from sweeps import findings, full_grid, report
 from sweeps.grids import PRESETS, expand, Overrides
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def ray_local():
-    import ray
-    temp = tempfile.mkdtemp(prefix="rayr", dir="/tmp")
-    ray.init(address="local", num_cpus=2, num_gpus=0, include_dashboard=False, _temp_dir=temp,
-             job_config=ray.job_config.JobConfig(code_search_path=[str(ROOT)]))
-    yield
-    ray.shutdown()
-    shutil.rmtree(temp, ignore_errors=True)
 
 
 def test_reproduction_preset_covers_the_issue_grid():
@@ -47,14 +34,15 @@ def test_tiny_reproduction_run_reports_and_checks_findings(ray_local, shared_dat
     rel = os.path.relpath(shared_data, tmp_path)
     uri = f"sqlite:///{tmp_path}/m.db"
     argv = ["--preset", "mnist-reproduction", "--data-dir", rel, "--iterations", "3", "--repetitions", "1",
-            "--rho", "10", "5000", "--mu", "0.1", "0.9", "--levels", "10", "--name", "repro-tiny",
+            "--rho", "10", "5000", "--mu", "0.1", "0.9", "--levels", "10", "--imbalance", "balanced", "step",
+            "--name", "repro-tiny",
             "--tracking-uri", uri, "--storage-path", str(tmp_path / "ray"), "--max-failures", "0"]
     assert full_grid.main(argv) == 0
     out = report.build_report(uri, "repro-tiny", tmp_path / "out")
-    # --rho and --mu replace the values of every block but the balanced one (rho means nothing there): balanced 1
-    # + step 2 rho x 2 mu x 5 methods + linear 2 rho x 5 methods + partial ROS/RUS at level 10 (kept only where
-    # 1 < level < rho: rho 5000) x 2 mu = 1 + 20 + 10 + 4
-    assert out["n_runs"] == 35
+    # --rho and --mu replace the values of every block but the balanced one (rho means nothing there), --imbalance
+    # drops the linear block: balanced 1 + step 2 rho x 2 mu x 5 methods + partial ROS/RUS at level 10 (kept only
+    # where 1 < level < rho: rho 5000) x 2 mu = 1 + 20 + 4
+    assert out["n_runs"] == 25
     names = {Path(p).name for p in out["figures"]}
     assert {"auc_vs_rho_mnist.png", "heatmap_auc_mnist.png", "accuracy_vs_rho_mnist.png"} <= names
 
@@ -64,7 +52,7 @@ def test_tiny_reproduction_run_reports_and_checks_findings(ray_local, shared_dat
     client = MlflowClient(tracking_uri=uri)
     exp = client.get_experiment_by_name("repro-tiny")
     mruns = client.search_runs([exp.experiment_id], max_results=1000)
-    assert len(mruns) == 35 and all(r.info.status == "FINISHED" for r in mruns)
+    assert len(mruns) == 25 and all(r.info.status == "FINISHED" for r in mruns)
     by_cell = defaultdict(list)
     for r in mruns:
         p = r.data.params
@@ -78,7 +66,7 @@ def test_tiny_reproduction_run_reports_and_checks_findings(ray_local, shared_dat
         for k in ("auc", "accuracy", "accuracy_thresholded"):
             assert row[f"{k}_mean"] == pytest.approx(statistics.fmean(m[k] for m in ms)), (row, k)
 
-    res = findings.findings(rows)
+    res = findings.findings(report.load_runs(uri, "repro-tiny")[1])     # per network: paired by seed
     assert findings.main(["--tracking-uri", uri, "--name", "repro-tiny", "--out", str(tmp_path / "f.md")]) == 0
     page = (tmp_path / "f.md").read_text()
     for title, verdict, _, _ in res:                     # the page states every check with its verdict
