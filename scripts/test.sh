@@ -1,8 +1,17 @@
 #!/usr/bin/env bash
-# The README's test command: set up (idempotent), then the whole suite.
+# The README's test command: set up (idempotent), then the whole suite (what CI runs).
+#   bash scripts/test.sh            everything, integration tests included (Ray clusters, servers, a browser)
+#   bash scripts/test.sh --unit     the tests that need no Ray cluster, server, browser or long training
+#                                   (under 2 minutes on 2 cores; no set-up beyond .venv/)
+# Other arguments go to pytest.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
+if [ "${1:-}" = "--unit" ]; then
+  shift
+  [ -x .venv/bin/python ] || bash scripts/setup.sh
+  exec .venv/bin/python -m pytest -q -m "not integration" "$@"
+fi
 bash scripts/setup.sh
 bash scripts/install_chromium.sh   # the MLflow UI test renders the UI in headless Chromium
 exec .venv/bin/python -m pytest -q "$@"

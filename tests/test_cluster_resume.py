@@ -38,14 +38,6 @@ METHODS = ["baseline", "ros", "rus", "two-phase-ros", "two-phase-rus"]
 
 
 @pytest.fixture(scope="module")
-def ray_env():
-    """Token auth with the local default token, as tests/test_cluster.py does (Ray caches the auth mode
-    per process), and Ray's files in a temp dir of our own (cluster_harness.ray_test_env)."""
-    with H.ray_test_env("rcr_") as tmp:
-        yield tmp
-
-
-@pytest.fixture(scope="module")
 def cluster(ray_env):
     """A head without CPUs (runs no trial) and one worker node of 1 CPU; tests add and kill workers."""
     c = H.multinode_cluster(os.path.join(ray_env, "ray"), system_config=H.FAST_HEALTH_CHECK)

@@ -6,11 +6,9 @@ sample and 3 on a copy of full MNIST in tmp. The copy disappears after the drive
 (a wrapper around `_init_ray`, no hook in the code under test), so the MNIST trial fails; it comes
 back before `--resume`, which re-runs that trial only.
 """
-import dataclasses
 import json
 import shutil
 import socket
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -38,13 +36,6 @@ def _runs(uri, name=SWEEP):
     c = _client(uri)
     exp = c.get_experiment_by_name(name)
     return c, exp, c.search_runs([exp.experiment_id], max_results=1000)
-
-
-@pytest.fixture
-def no_ray(monkeypatch):
-    def refuse(a):
-        raise AssertionError("Ray must not start on bad input")
-    monkeypatch.setattr(full_grid, "_init_ray", refuse)
 
 
 def _free_port():
@@ -97,17 +88,6 @@ def test_dry_run_prints_sizes_and_estimate_without_starting_anything(tmp_path, c
 
 
 # --------------------------------------------------------------------------- a real sweep
-
-@pytest.fixture(scope="module")
-def ray_local():
-    import ray
-    temp = tempfile.mkdtemp(prefix="rayt", dir="/tmp")            # short: Ray's socket paths are length-limited
-    ray.init(address="local", num_cpus=2, num_gpus=0, include_dashboard=False, _temp_dir=temp,
-             job_config=ray.job_config.JobConfig(code_search_path=[str(ROOT)]))
-    yield
-    ray.shutdown()
-    shutil.rmtree(temp, ignore_errors=True)
-
 
 @pytest.fixture(scope="module")
 def sweep(ray_local, tmp_path_factory):

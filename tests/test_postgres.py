@@ -197,17 +197,6 @@ def server(pg, tmp_path_factory):
             assert not s.healthy()
 
 
-@pytest.fixture(scope="module")
-def ray_local():
-    import ray
-    temp = tempfile.mkdtemp(prefix="rayt", dir="/tmp")
-    ray.init(address="local", num_cpus=2, num_gpus=0, include_dashboard=False, _temp_dir=temp,
-             job_config=ray.job_config.JobConfig(code_search_path=[str(ROOT)]))
-    yield
-    ray.shutdown()
-    shutil.rmtree(temp, ignore_errors=True)
-
-
 def _sweep_args(name: str, storage: Path, uri: str, methods=("baseline", "ros"), seeds=2, pack=2,
                 iterations=10) -> list[str]:
     return ["--preset", "quick", "--datasets", "mnist-sample", "--imbalance", "step", "--rho", "10", "--mu", "0.5",
@@ -230,13 +219,6 @@ def _main(argv) -> tuple[int, str]:
         rc = full_grid.main(argv)
     print(buf.getvalue())
     return rc, buf.getvalue()
-
-
-@pytest.fixture
-def no_ray(monkeypatch):
-    def refuse(a):
-        raise AssertionError("Ray must not start on bad input")
-    monkeypatch.setattr(full_grid, "_init_ray", refuse)
 
 
 def test_the_index_read_from_postgresqls_tables_is_what_search_runs_returns(pg, monkeypatch):

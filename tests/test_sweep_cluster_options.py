@@ -67,6 +67,7 @@ def _figures(out: str) -> dict:
             "price": float(m.group(5))}
 
 
+@pytest.mark.slow
 def test_dry_run_prints_gpu_hours_wall_time_and_cost(capsys, tmp_path):
     base = ["--preset", "mnist", "--data-dir", str(DATA), "--dry-run", "--gpu-memory-gb", "24",
             "--storage-path", str(tmp_path)]
