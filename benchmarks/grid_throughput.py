@@ -36,7 +36,7 @@ from benchmarks.plain import plain_network
 from imbalance_core import packing
 from imbalance_core.datasets import load_dataset
 from imbalance_core.trial import TrialConfig, resolve_device, run_trials
-from sweeps import grids
+from sweeps import packs
 
 WAYS = ("plain", "sweep", "packed", "core")
 
@@ -82,7 +82,7 @@ def run_core(configs: list[TrialConfig], device: str) -> float:
     """The packs the packed sweep would train (same grouping, automatic size), one after another here."""
     size = packing.auto_pack_size(configs[0].model, configs[0].schedule.batch_size, device)
     t0 = time.perf_counter()
-    for p in grids.pack(configs, size):
+    for p in packs.pack(configs, size):
         run_trials(p)
     return time.perf_counter() - t0
 

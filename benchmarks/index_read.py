@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
         tracker = Tracker(f"sqlite:///{Path(a.db).resolve()}", a.name)
     else:
         from sweeps import grids
-        from sweeps.trainable import synthetic_result
+        from sweeps.rehearsal import synthetic_result
         folder = tempfile.mkdtemp(prefix="index-read-")
         tracker = Tracker(f"sqlite:///{folder}/mlflow.db", "bench", rehearsal=True)
         tracker.index_runs()
@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
         for i, c in enumerate(configs[:a.runs]):
             tracker.log_network(c, synthetic_result(c, 0.0), f"p{i // 5}")
     fast, fast_wall, fast_cpu = timed(tracker.index_runs)
-    with mock.patch("mlflow.store.tracking.sqlalchemy_store.SqlAlchemyStore", type("NotThisStore", (), {})):
+    with mock.patch("sweeps.compat.sql_store", lambda client: None):
         slow, slow_wall, slow_cpu = timed(tracker.index_runs)       # search_runs, as from a tracking server
     n = sum(len(v) for v in fast.values())
     same = {k: sorted(v) for k, v in fast.items()} == {k: sorted(v) for k, v in slow.items()}

@@ -24,7 +24,7 @@ sys.path.insert(0, str(ROOT))
 
 def _log(uri: str, configs, mode: str, q) -> None:
     import sweeps.tracking as tracking
-    from sweeps.trainable import synthetic_result
+    from sweeps.rehearsal import synthetic_result
     from sweeps.tracking import Tracker
     if mode == "rollback":                         # what Tracker did before it set WAL (use_wal)
         tracking.use_wal = lambda uri: None

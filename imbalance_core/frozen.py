@@ -9,9 +9,8 @@ the head alone trains on them: the same batches, the same SGD steps (weight deca
 bias lr multiplier on the head only, as in the full network), without 10,000 repeated forward passes through the frozen
 layers. `FeatureCache` is that cache, a batch source of `trial.fit` (the one training loop): phase 2 on it
 equals full fine-tuning up to floating-point reassociation (tests/test_trial.py).
-Measured (benchmarks/phase2_cache.py, one CPU thread, 10,000 iterations, a 25,025-image subset): whole
-network 127.2 s, cached features 17.4 s (7.3x), identical test scores. At a few hundred iterations, fewer
-draws than the subset holds, the two cost about the same.
+Measured by benchmarks/phase2_cache.py (docs/performance.md, "The training path": identical test scores). At
+a few hundred iterations, fewer draws than the subset holds, the two cost about the same.
 """
 from __future__ import annotations
 

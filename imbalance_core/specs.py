@@ -38,10 +38,6 @@ class Schedule:
         raise ValueError(f"lr policy {self.policy!r} is unknown; choose inv, multistep or linear")
 
 
-
-PREPROCESS = ("scale256", "gcn-zca", "imagenet")
-
-
 @dataclass(frozen=True)
 class DatasetSpec:
     name: str

@@ -81,10 +81,9 @@ def validate(config: dict) -> dict:
     """Ray's own check, as `ray up` does it: fill in the provider's defaults (`prepare_config`), then
     the JSON schema shipped in the wheel (ray/autoscaler/ray-schema.json) and Ray's consistency rules
     (`validate_config`). Returns the prepared config; raises jsonschema.ValidationError / ValueError."""
-    from ray.autoscaler._private.util import prepare_config, validate_config
-
-    prepared = prepare_config(copy.deepcopy(config))
-    validate_config(prepared)
+    from . import compat
+    prepared = compat.prepare_cluster_config(config)
+    compat.validate_cluster_config(prepared)
     return prepared
 
 
@@ -192,16 +191,8 @@ def aws_node_types(config: dict, instance_types: dict[str, dict] | None = None) 
     on `instance_types` instead of a DescribeInstanceTypes call): what you declare, plus `memory` (70%
     of a worker's RAM), the GPU count and `accelerator_type:<GPU name>` where you did not declare them.
     The AWS provider module imports boto3 (as `ray up` needs it too)."""
-    from ray.autoscaler._private.aws import node_provider as aws
-
-    instance_types = EC2_INSTANCE_TYPES if instance_types is None else instance_types
-    real = aws.list_ec2_instances
-    aws.list_ec2_instances = lambda region, credentials=None: [copy.deepcopy(v) for v in instance_types.values()]
-    try:
-        filled = aws.AWSNodeProvider.fillout_available_node_types_resources(copy.deepcopy(config))
-    finally:
-        aws.list_ec2_instances = real
-    return filled["available_node_types"]
+    from . import compat
+    return compat.aws_node_resources(config, EC2_INSTANCE_TYPES if instance_types is None else instance_types)
 
 
 def autoscaler_launches(config: dict, node_types: dict[str, dict], n_trials: int,
@@ -210,8 +201,6 @@ def autoscaler_launches(config: dict, node_types: dict[str, dict], n_trials: int
     its default utilization scorer) launches for `n_trials` pending Tune trials of `trial_resources`
     each, on a cluster of only the head. A Tune trial asks for its resources as a placement group of
     one bundle (PACK), which is how they are passed here."""
-    from ray.autoscaler._private.node_provider_availability_tracker import NodeAvailabilitySummary
-    from ray.autoscaler._private.resource_demand_scheduler import ResourceDemandScheduler
     from ray.autoscaler.tags import NODE_KIND_HEAD, TAG_RAY_NODE_KIND, TAG_RAY_USER_NODE_TYPE
     from ray.core.generated.common_pb2 import Bundle, PlacementStrategy
     from ray.core.generated.gcs_pb2 import PlacementGroupTableData
@@ -225,18 +214,13 @@ def autoscaler_launches(config: dict, node_types: dict[str, dict], n_trials: int
         def internal_ip(self, node_id):
             return head_ip
 
+    from . import compat
     head_resources = dict(node_types[head_type]["resources"])
-    scheduler = ResourceDemandScheduler(HeadOnly(), copy.deepcopy(node_types), int(config.get("max_workers", 2)),
-                                        head_type, float(config.get("upscaling_speed", 1.0)))
     pgs = [PlacementGroupTableData(strategy=PlacementStrategy.PACK,
                                    bundles=[Bundle(unit_resources={k: float(v) for k, v in trial_resources.items()})])
            for _ in range(n_trials)]
-    launch, _ = scheduler.get_nodes_to_launch(
-        nodes=["head"], launching_nodes={}, resource_demands=[],
-        unused_resources_by_ip={head_ip: head_resources}, pending_placement_groups=pgs,
-        max_resources_by_ip={head_ip: head_resources}, ensure_min_cluster_size=[],
-        node_availability_summary=NodeAvailabilitySummary(node_availabilities={}))
-    return dict(launch)
+    return compat.nodes_to_launch(HeadOnly(), node_types, int(config.get("max_workers", 2)), head_type,
+                                  float(config.get("upscaling_speed", 1.0)), head_ip, head_resources, pgs)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -408,8 +392,8 @@ def ray_address_host(address: str) -> str | None:
         hostport = address[len("ray://"):]
     else:
         try:
-            from ray._private.services import canonicalize_bootstrap_address
-            hostport = canonicalize_bootstrap_address(address) or ""
+            from .compat import bootstrap_address
+            hostport = bootstrap_address(address) or ""
         except Exception:                                 # noqa: BLE001 - no cluster found: cannot tell
             return None
     host = hostport.rsplit(":", 1)[0] if ":" in hostport else hostport
@@ -544,8 +528,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.cmd == "local":
         config = local_provider_config(load_cluster_yaml(args.path), args.head_ip, args.ssh_key, args.worker_ip)
-        from ray.autoscaler._private.util import prepare_config, validate_config
-        validate_config(prepare_config(copy.deepcopy(config)))
+        validate(config)
         Path(args.output).write_text(yaml.safe_dump(config, sort_keys=False, width=10 ** 6))
         print(f"wrote {args.output}: {args.path} on Ray's local provider (head {args.head_ip}, workers "
               f"{args.worker_ip or 'none'})")

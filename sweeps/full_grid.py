@@ -25,8 +25,9 @@ results of the real shape, experiment `<name>-rehearsal`, tag rehearsal=true): a
 cluster (benchmarks/rehearsal.py).
 
 The modules, in the order a network passes through them: `sweeps.plan` (options, grid -> packs),
-this file (Ray, Tune, progress, the summary), `sweeps.trainable` (on a worker: run_trials),
-`sweeps.mlflow_callback` (on the driver: one MLflow run per network, `sweeps.tracking`).
+this file (Ray, Tune, progress, the summary), `sweeps.trainable` (on a worker: run_trials; its checkpoints
+`sweeps.checkpoint`), `sweeps.mlflow_callback` (on the driver: one MLflow run per network through
+`sweeps.logging_process` and `sweeps.tracking`), `sweeps.reconcile` (what the sweep did not log).
 
 Ray: local by default (`ray.init(address="local", num_cpus=os.cpu_count(), num_gpus=<CUDA devices>)`), with
 every Ray process of it (GCS, raylet, agents, workers, this driver) listening on 127.0.0.1 only;
@@ -65,15 +66,17 @@ from ray.tune.search import Searcher
 from imbalance_core.result import ACCURACY, ACCURACY_THRESHOLDED, AUC
 from imbalance_core.trial import TrialConfig
 
+from .checkpoint import is_final, pack_results
+from .driver_cost import DriverCost
 from .grids import cell_of, describe
-# The names below are also this module's: a sweep's Tune state (tuner.pkl) pickles its callbacks as
-# `sweeps.full_grid.MlflowLogger` / `Progress`, and tests reach them here.
-from .mlflow_callback import (_LOGGERS, _TRACKING_URIS, TRACKING_REDIRECT, DriverCost, MlflowLogger,  # noqa: F401
-                              discard_prestarted, prestart, reconcile)
+# The names below are also this module's: Tune pickles the sweep's callbacks (tuner.pkl), and tests reach the
+# sweep's session (SESSIONS) here.
+from .mlflow_callback import SESSIONS, MlflowLogger, SweepSession, open_session  # noqa: F401
+from .reconcile import reconcile
 from .plan import (DEFAULT_PRICE_PER_GPU_HOUR, DEFAULT_TRACKING_RETRY_S, META_FILE, Plan,  # noqa: F401
                    SweepOptions, UsageError, dry_run_report, duration, logged_keys, normalize_tracking_uri,
                    parse_options, plan_sweep, without_logged)
-from .trainable import is_final, pack_results, rehearse_pack, train_pack
+from .trainable import rehearse_pack, train_pack
 from .tracking import REPO_ROOT, TrackingError, check_tracking_uri, redact
 
 CHECKPOINTS_KEPT = 4                     # per trial (tune.CheckpointConfig(num_to_keep)); see run_sweep
@@ -119,7 +122,8 @@ class Progress(tune.Callback):
         left = f"~{duration((self.n_networks - nets) / rate)} left" if rate > 0 else "time left unknown yet"
         running = sum(s == "running" for s in status.values())
         failed = sum(s == "failed" for s in status.values())
-        logger = _LOGGERS.get(self.sweep)
+        session = SESSIONS.get(self.sweep)       # Tune restores this callback too: its sweep's session, by name
+        logger = session.logger if session is not None else None
         return (f"[sweep {self.sweep}] {nets}/{self.n_networks} networks done ({len(done)}/{self.n_trials} trials), "
                 f"{running} running, {failed} failed, elapsed {duration(elapsed)}, {left}"
                 + (logger.status() if logger else ""))
@@ -149,9 +153,9 @@ class Packs(Searcher):
     """Tune's search algorithm for a sweep: one trial per pack, in plan order (config {"pack": [...]}).
 
     Not `tune.grid_search(packs)`: Tune's grid generator deep-copies the whole search space, every pack
-    included, for each trial it creates, so its cost grows with the square of the number of packs: about
-    0.3 s of driver CPU per trial at the mnist preset's 4,500 (benchmarks/results/tune_trial_generation.txt).
-    A searcher's suggestion is copied alone. Tune saves its state (`save`/`restore`) with the experiment's,
+    included, for each trial it creates, so its cost grows with the square of the number of packs
+    (benchmarks/tune_trial_generation.py; docs/performance.md, "The driver at scale"). A searcher's
+    suggestion is copied alone. Tune saves its state (`save`/`restore`) with the experiment's,
     so `--resume` suggests the packs not yet started."""
 
     def __init__(self, packs: list[list[dict]] | None = None, allow_tf32: bool = False):
@@ -185,7 +189,8 @@ def _init_ray(opts: SweepOptions) -> bool:
     driver) to 127.0.0.1 when the node's address is 127.0.0.1 and to all interfaces otherwise, and on Linux
     it turns 127.0.0.1 into the machine's routable address unless Ray's "no multi-node cluster" switch is off
     (RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0, read into `ray_constants.ENABLE_RAY_CLUSTER` when ray is imported,
-    so it is set on the module too, while the local instance starts; the processes it starts inherit it).
+    so it is set on the module too, while the local instance starts: `compat.loopback_only`; the processes it
+    starts inherit it).
     Joining a cluster: refused (UsageError, exit 2) with RAY_AUTH_MODE=disabled unless its address is
     loopback (sweeps.cluster.refuse_unauthenticated_cluster)."""
     if ray.is_initialized():
@@ -203,19 +208,11 @@ def _init_ray(opts: SweepOptions) -> bool:
         ray.init(address=address, job_config=job_config)
         return True
     import torch
-    from ray._private import ray_constants
-    switch = ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR
-    saved = os.environ.get(switch), ray_constants.ENABLE_RAY_CLUSTER
-    os.environ[switch], ray_constants.ENABLE_RAY_CLUSTER = "0", False
-    try:
-        ray.init(address="local", num_cpus=os.cpu_count(), num_gpus=torch.cuda.device_count(),
-                 include_dashboard=False, job_config=job_config, _node_ip_address="127.0.0.1")
-    finally:
-        ray_constants.ENABLE_RAY_CLUSTER = saved[1]
-        if saved[0] is None:
-            os.environ.pop(switch, None)
-        else:
-            os.environ[switch] = saved[0]
+
+    from . import compat
+    with compat.loopback_only():
+        compat.init_local_ray(num_cpus=os.cpu_count(), num_gpus=torch.cuda.device_count(), include_dashboard=False,
+                              job_config=job_config, node_ip_address="127.0.0.1")
     node_ip = ray.util.get_node_ip_address()
     if node_ip != "127.0.0.1":                     # a Ray that no longer honours the switch: say so, loudly
         print(f"warning: the local Ray's node address is {node_ip}, not 127.0.0.1: its processes listen on "
@@ -250,10 +247,10 @@ def _error_message(err) -> str:
     return lines[-1].strip() if lines else type(err).__name__
 
 
-def _move_tracking(plan: Plan) -> None:
+def _move_tracking(plan: Plan, session: SweepSession) -> None:
     """`--resume --tracking-uri NEW` for a sweep pinned to another URI (the head node was replaced and its
     MLflow server has a new address): log to NEW from now on, and record it in the sweep's state."""
-    TRACKING_REDIRECT[plan.sweep] = plan.tracking_uri
+    session.moved = True
     meta_path = plan.sweep_dir / META_FILE
     meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
     meta["tracking_uri_history"] = meta.get("tracking_uri_history", []) + [
@@ -267,9 +264,8 @@ def run_sweep(plan: Plan, opts: SweepOptions) -> int:
     from .tracking import Tracker
     cost = DriverCost()
     tracker = Tracker(plan.tracking_uri, plan.sweep, plan.rehearsal)   # creates the experiment (and the store)
-    _TRACKING_URIS[plan.sweep] = plan.tracking_uri
-    _LOGGERS.pop(plan.sweep, None)
-    prestart(plan.tracking_uri, plan.sweep, plan.rehearsal)        # reads MLflow's runs while Ray starts
+    session = open_session(plan.sweep, plan.tracking_uri, plan.rehearsal)
+    session.prestart()                                             # reads MLflow's runs while Ray starts
     started = False
     try:
         started = _init_ray(opts)
@@ -278,7 +274,7 @@ def run_sweep(plan: Plan, opts: SweepOptions) -> int:
         if opts.resume:
             print(f"[sweep {plan.sweep}] resuming {plan.sweep_dir}", flush=True)
             if plan.moved_from:
-                _move_tracking(plan)
+                _move_tracking(plan, session)
             tuner = tune.Tuner.restore(str(plan.sweep_dir), trainable=trainable, resume_errored=True)
         else:
             plan, dropped = without_logged(plan, tracker.existing_keys())
@@ -309,7 +305,7 @@ def run_sweep(plan: Plan, opts: SweepOptions) -> int:
                     # stacked (GPU) or rehearsed pack's 2-3 steps, so 4,600 trials do not cost 4,600 rewrites
                     checkpoint_config=tune.CheckpointConfig(num_to_keep=CHECKPOINTS_KEPT),
                     callbacks=[MlflowLogger(plan.tracking_uri, plan.sweep, opts.tracking_retry_s, plan.rehearsal,
-                                            opts.log_processes),
+                                            opts.log_processes, session),
                                Progress(plan.sweep, plan.n_trials, plan.n_networks),
                                JsonLoggerCallback()]))
         try:
@@ -318,7 +314,7 @@ def run_sweep(plan: Plan, opts: SweepOptions) -> int:
             print(f"[sweep {plan.sweep}] interrupted; continue with --resume --name {plan.sweep}", file=sys.stderr)
             return 130
     finally:
-        discard_prestarted(plan.sweep)       # if the logger never took it (Tune failed before its setup)
+        session.discard_prestarted()         # if the logger never took it (Tune failed before its setup)
         if started:
             ray.shutdown()
 
@@ -337,10 +333,11 @@ def run_sweep(plan: Plan, opts: SweepOptions) -> int:
         if r.error is not None or not is_final(r.metrics or {}):
             failed.append((configs, _error_message(r.error) if r.error is not None else "no result reported"))
         else:
-            done += [(c, res, r.metrics.get("trial_id", "")) for c, res in zip(configs, pack_results(r.metrics, r.checkpoint))]
-    logger = _LOGGERS.get(plan.sweep)
+            done += [(c, res, r.metrics.get("trial_id", ""))
+                     for c, res in zip(configs, pack_results(r.metrics, r.checkpoint))]
+    logger = session.logger
     t = time.thread_time()
-    logged, log_errors = reconcile(tracker, plan.sweep, done, opts.tracking_retry_s)
+    logged, log_errors = reconcile(tracker, plan.sweep, done, opts.tracking_retry_s, logger)
     cost.logging_s += time.thread_time() - t
     # always printed: 0 after a sweep whose per-result logging did its job (tests/test_full_grid.py)
     print(f"[sweep {plan.sweep}] reconciliation: logged {logged} finished networks that were missing from MLflow")

@@ -1,4 +1,4 @@
-"""The study's grids, as data: presets, CLI overrides, and packing networks into Tune trials.
+"""The study's grids, as data: presets and CLI overrides (packing networks into Tune trials: `sweeps.packs`).
 
 A `Grid` is a dataset and a few `Block`s; a block is a cross product (every combination of its
 lists is one network, i.e. one `imbalance_core.trial.TrialConfig`). Nothing here trains or
@@ -34,7 +34,7 @@ from imbalance_core.specs import DATASETS           # the registry itself (a dat
 from imbalance_core.imbalance import PROFILES
 from imbalance_core import methods as M
 from imbalance_core.train import CIFAR10_BASE_LRS
-from imbalance_core.trial import TrialConfig, plan_pack, validate
+from imbalance_core.trial import TrialConfig, validate
 
 PAPER_METHODS = M.names("paper")              # the five training regimes of the paper
 PARTIAL_METHODS = M.names("partial")
@@ -145,9 +145,6 @@ def cell_of(config: TrialConfig) -> str:
     return f"{config.dataset}/{config.imbalance}/rho{config.rho:g}/mu{config.mu:g}"
 
 
-PACK_SHARED = ("dataset", "data_dir", "iterations", "lr", "batch_size", "n_per_class", "device", "loader")
-
-
 def _require_known(kind: str, values, allowed) -> None:
     for v in values:
         if v not in allowed:
@@ -241,58 +238,3 @@ def describe(c: TrialConfig) -> str:
     if c.lr is not None:
         s += f"-lr{c.lr:g}"
     return f"{s}-s{c.seed}"
-
-
-def pack_key(c: TrialConfig) -> tuple:
-    return tuple(getattr(c, name) for name in PACK_SHARED)
-
-
-def _seed_group(c: TrialConfig) -> tuple:
-    return (pack_key(c), cell_of(c), c.seed)
-
-
-def largest_group(configs: list[TrialConfig]) -> int:
-    """The most networks of one (cell, seed) under one set of shared settings: the CPU pack's size."""
-    sizes: dict[tuple, int] = {}
-    for c in configs:
-        sizes[_seed_group(c)] = sizes.get(_seed_group(c), 0) + 1
-    return max(sizes.values(), default=1)
-
-
-def pack(configs: list[TrialConfig], pack_size: int, whole_groups: bool = False) -> list[list[TrialConfig]]:
-    """Networks grouped into packs of <= pack_size that `run_trials` can train together.
-
-    A pack shares dataset, data_dir, iterations, lr, batch_size, n_per_class, device and loader.
-    Within such a group each cell is cut into full packs first (a cell lists a seed's methods
-    together, so ROS and two-phase ROS of one seed share a pack and its first phase); the cells'
-    remainders are then packed together in order. Deterministic: the same input gives the same packs.
-    whole_groups: every (cell, seed) group is its own pack (cut only if larger than pack_size), so that
-    every network that can share a first phase with another (two-phase and ROS/RUS, cRT and baseline)
-    does: the CPU pack.
-    """
-    if int(pack_size) < 1:
-        raise ValueError(f"pack_size={pack_size!r} is not allowed: need an integer >= 1")
-    if whole_groups:
-        groups_: dict[tuple, list[TrialConfig]] = {}
-        for c in configs:
-            groups_.setdefault(_seed_group(c), []).append(c)
-        return [g[i:i + pack_size] for g in groups_.values() for i in range(0, len(g), pack_size)]
-    groups: dict[tuple, dict[str, list[TrialConfig]]] = {}
-    for c in configs:
-        groups.setdefault(pack_key(c), {}).setdefault(cell_of(c), []).append(c)
-    packs: list[list[TrialConfig]] = []
-    for cells in groups.values():
-        rest: list[TrialConfig] = []
-        for members in cells.values():
-            full = len(members) - len(members) % pack_size
-            packs += [members[i:i + pack_size] for i in range(0, full, pack_size)]
-            rest += members[full:]
-        packs += [rest[i:i + pack_size] for i in range(0, len(rest), pack_size)]
-    return packs
-
-
-def training_images(pack_: list[TrialConfig]) -> int:
-    """Images a pack trains on (per network: iterations x batch per phase; a pack's two-phase
-    networks share phase 1 with the plain ROS/RUS network of the same subset and seed)."""
-    s = pack_[0].schedule
-    return plan_pack(pack_).trainings * s.iterations * s.batch_size

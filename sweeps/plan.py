@@ -32,7 +32,8 @@ from imbalance_core.datasets import DatasetError, load_dataset
 from imbalance_core.trial import TrialConfig
 
 from . import grids
-from .grids import Overrides, cell_of, pack, training_images
+from .grids import Overrides, cell_of
+from .packs import largest_group, pack, training_images
 from .tracking import default_tracking_uri, local_store_dir, redact, trial_key
 
 META_FILE = "sweep.json"          # our own record next to Tune's state: tracking URI, totals, data
@@ -180,7 +181,7 @@ def auto_pack_size(configs: list[TrialConfig], gpus_per_trial: float,
     (run_trials, packing.auto_pack_size), so the driver (a CPU head) needs no GPU to size them."""
     from imbalance_core import packing
     if gpus_per_trial <= 0:
-        return grids.largest_group(configs), "auto: CPU pack"
+        return largest_group(configs), "auto: CPU pack"
     if gpu_memory_gb is not None:
         size = min(packing.stack_size(c.model, c.schedule.batch_size, gpu_memory_gb * 2 ** 30)
                    for c in {(c.model, c.schedule.batch_size): c for c in configs}.values())

@@ -31,7 +31,7 @@ from imbalance_core.result import OPTIONAL_FIELDS, RESULT_PARAMS, NetworkResult,
 from imbalance_core.trial import TrialConfig
 
 from .grids import cell_of, describe
-from .figures import NETWORK_FIGURES, network_figures
+from .run_figures import NETWORK_FIGURES, network_figures
 
 EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
 RUNS_PAGE = 2_000              # runs per search page: bounds the memory of reading a 23,000-run sweep back
@@ -86,11 +86,10 @@ def local_store_dir(uri: str) -> Path | None:
 
 def use_wal(uri: str) -> None:
     """An embedded store (sqlite:///path) in SQLite's write-ahead-log mode, set once in the database file: the
-    driver's logging processes write into one store together, and in the default rollback-journal mode each
-    commit (MLflow makes about eight per network) rewrites and syncs a journal file while the other writer
-    waits. Measured, 2 processes logging 300 networks into one store: 14.2 -> 17.8 networks/s, CPU per
-    network 0.91x (benchmarks/results/sqlite_wal.txt). Durability is unchanged (synchronous=FULL). No-op
-    for other stores, and if the database is busy (the next sweep tries again)."""
+    driver's logging processes write into one store together, and in the default rollback-journal mode each commit
+    (MLflow makes about eight per network) rewrites and syncs a journal file while the other writer waits
+    (benchmarks/sqlite_wal.py; docs/performance.md, "The driver at scale"). Durability is unchanged
+    (synchronous=FULL). No-op for other stores, and if the database is busy (the next sweep tries again)."""
     import sqlite3
     if not uri.startswith("sqlite:///"):
         return
@@ -130,7 +129,8 @@ def _check_database(uri: str, timeout: float) -> None:
     from sqlalchemy.pool import NullPool
     shown = redact(uri)
     try:
-        engine = sqlalchemy.create_engine(uri, poolclass=NullPool, connect_args={"connect_timeout": max(1, int(timeout))})
+        engine = sqlalchemy.create_engine(uri, poolclass=NullPool,
+                                          connect_args={"connect_timeout": max(1, int(timeout))})
         with engine.connect() as conn:
             conn.execute(sqlalchemy.text("SELECT 1"))
         engine.dispose()
@@ -329,26 +329,16 @@ class Tracker:
 
         From a database store (sqlite, PostgreSQL) in one query of MLflow's own tables through its store's
         session and models: `search_runs` would load each run's ~106 metrics and ~25 params and tags only
-        for these three fields, ~6 ms of CPU per run (over 2 minutes at 23,000 runs, on the critical path
-        of a resumed sweep), where the query takes well under a second (benchmarks/results/index_read.txt).
-        Through `search_runs` from a tracking server, or if this MLflow's store lacks those internals."""
-        try:
-            from mlflow.store.tracking.dbmodels.models import SqlRun, SqlTag
-            from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
-            store = self.client._tracking_client.store
-            sql = isinstance(store, SqlAlchemyStore)
-        except (ImportError, AttributeError):
-            sql = False
-        if not sql:
+        for these three fields, on the critical path of a resumed sweep (benchmarks/index_read.py;
+        docs/performance.md, "The driver at scale").
+        Through `search_runs` from a tracking server, or if this MLflow's store lacks those internals
+        (`compat.sql_store`, `compat.keyed_runs`)."""
+        from . import compat
+        store = compat.sql_store(self.client)
+        if store is None:
             return [(r.data.tags["trial_key"], r.info.run_id, r.info.status) for r in self._runs("")
                     if "trial_key" in r.data.tags]
-        with store.ManagedSessionMaker() as session:
-            rows = (session.query(SqlTag.value, SqlRun.run_uuid, SqlRun.status)
-                    .join(SqlRun, SqlRun.run_uuid == SqlTag.run_uuid)
-                    .filter(SqlRun.experiment_id == int(self.experiment_id), SqlRun.lifecycle_stage == "active",
-                            SqlTag.key == "trial_key")
-                    .all())
-        return [(key, run_id, status) for key, run_id, status in rows]
+        return compat.keyed_runs(store, self.experiment_id, "trial_key")
 
     def index_runs(self) -> dict[str, list[tuple[str, str]]]:
         """Read trial_key -> [(run_id, status)] of every active run once, so that log_network needs no search
@@ -384,7 +374,7 @@ class Tracker:
                     figures: Mapping[str, Path] | None = None) -> bool:
         """One MLflow run for one network (its NetworkResult or result dict); False (nothing logged) if its
         FINISHED run already exists. `figures`: its PNGs as drawn by the worker ({name: file}, see
-        `figures.network_figures`); without them (or with one missing) they are drawn here."""
+        `run_figures.network_figures`); without them (or with one missing) they are drawn here."""
         from mlflow.entities import Metric, Param
         from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
         if isinstance(result, NetworkResult):

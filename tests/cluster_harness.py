@@ -31,9 +31,10 @@ from typing import Any, Iterable
 
 import yaml
 
+from sweeps import compat
 from sweeps.cluster import DEFAULT_CLUSTER_YAML, load_cluster_yaml
 
-FAKE_PROVIDER_MODULE = "ray.autoscaler._private.fake_multi_node.node_provider.FakeMultiNodeProvider"
+FAKE_PROVIDER_MODULE = compat.FAKE_PROVIDER_CLASS
 FAKE_HEAD_NODE_TYPE = "ray.head.default"
 FAKE_HEAD_NODE_ID = "f" * 51 + "00000"     # = FakeMultiNodeProvider's FAKE_HEAD_NODE_ID
 FAST_HEALTH_CHECK = {"health_check_period_ms": 1000, "health_check_failure_threshold": 3}
@@ -62,8 +63,7 @@ _EMPTY_KEYS: dict[str, Any] = {
 # ---------------------------------------------------------------------------------------------
 
 def node_ip() -> str:
-    import ray._private.services as services
-    return services.get_node_ip_address()
+    return compat.node_ip_address()
 
 
 def fake_provider_config(cluster_cfg: dict, head_port: int, *, head_ip: str | None = None,
@@ -290,9 +290,7 @@ class LocalCluster:
 
     # -- start / stop ------------------------------------------------------------------------
     def start(self) -> "LocalCluster":
-        from ray.autoscaler._private.util import validate_config
-
-        validate_config(self.config)
+        compat.validate_cluster_config(self.config)
         head = self.config["available_node_types"][self.config["head_node_type"]]["resources"]
         head = dict(head)
         cfg_path = os.path.join(self.temp_dir, "autoscaling.yaml")
@@ -356,8 +354,7 @@ class LocalCluster:
         if self._own_temp:
             shutil.rmtree(self.temp_dir, ignore_errors=True)
         try:
-            import ray._private.services as services
-            services.find_gcs_addresses.cache_clear()
+            compat.clear_gcs_address_cache()
         except Exception:
             pass
 
@@ -369,8 +366,7 @@ class LocalCluster:
 
     # -- inspection --------------------------------------------------------------------------
     def _gcs_client(self):
-        from ray._raylet import GcsClient
-        return GcsClient(address=self.address)
+        return compat.gcs_client(self.address)
 
     def nodes(self) -> list[dict]:
         """Every node the GCS knows (dead ones included): node_id, alive, ip, resources,
@@ -516,8 +512,7 @@ def _refresh_ray_config() -> None:
     an earlier local ray.init() here (tests/test_full_grid.py) switches token auth on, and a test cluster
     started without token auth after it had every actor of this driver die. So the test clusters use
     token auth too, with the same default token."""
-    from ray._raylet import Config
-    Config.initialize("")
+    compat.refresh_ray_config()
 
 
 @contextlib.contextmanager
@@ -530,8 +525,7 @@ def ray_test_env(prefix: str = "rct_"):
     os.makedirs(os.path.join(tmp, "ray"), exist_ok=True)
     os.environ.update(RAY_AUTH_MODE="token", RAY_TMPDIR=tmp, RAY_USAGE_STATS_ENABLED="0")
     _refresh_ray_config()
-    from ray._private.authentication.authentication_token_setup import ensure_token_if_auth_enabled
-    ensure_token_if_auth_enabled(create_token_if_missing=True)
+    compat.ensure_auth_token()
     try:
         yield tmp
     finally:

@@ -53,9 +53,12 @@ def ray_local():
     import tempfile
 
     import ray
+
+    from sweeps import compat
     temp = tempfile.mkdtemp(prefix="rayt", dir="/tmp")
-    ray.init(address="local", num_cpus=2, num_gpus=0, include_dashboard=False, _temp_dir=temp,
-             job_config=ray.job_config.JobConfig(code_search_path=[str(Path(__file__).resolve().parents[1])]))
+    root = str(Path(__file__).resolve().parents[1])
+    compat.init_local_ray(num_cpus=2, num_gpus=0, include_dashboard=False, temp_dir=temp,
+                          job_config=ray.job_config.JobConfig(code_search_path=[root]))
     yield
     ray.shutdown()
     shutil.rmtree(temp, ignore_errors=True)

@@ -45,6 +45,7 @@ def fashion(monkeypatch, tmp_path) -> Path:
     return tmp_path
 
 
+@pytest.mark.slow
 def test_a_dataset_added_as_the_readme_says_trains_and_sweeps(fashion):
     c = TrialConfig(dataset="fashion-mnist", data_dir=str(fashion), imbalance="step", rho=10, mu=0.5,
                     method="ros", seed=0, iterations=20, device="cpu")

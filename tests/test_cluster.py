@@ -21,7 +21,6 @@ measured on 2 shared cores: about 3.5-4 min in all (b ~85 s, c ~75 s with the he
 """
 from __future__ import annotations
 
-import copy
 import json
 import os
 import re
@@ -34,6 +33,7 @@ import pytest
 import yaml
 
 from sweeps import cluster as C
+from sweeps import compat
 import cluster_harness as H
 
 REPO = Path(__file__).resolve().parents[1]
@@ -152,8 +152,7 @@ def test_token_auth_shared_storage_and_project_setup(cfg):
 
 def test_fake_provider_config_is_the_yamls_node_types(cfg):
     fake = H.fake_provider_config(cfg, 6390, head_ip="127.0.0.1")
-    from ray.autoscaler._private.util import validate_config
-    validate_config(fake)
+    compat.validate_cluster_config(fake)
     types = fake["available_node_types"]
     assert fake["head_node_type"] == "ray.head.default" and "head" not in types
     assert types["ray.head.default"]["resources"] == cfg["available_node_types"]["head"]["resources"]
@@ -350,7 +349,6 @@ def test_the_heads_instance_profile_is_scoped_to_its_autoscaler(rendered):
 def test_the_rehearsals_config_swaps_only_the_provider(rendered):
     """Ray's local provider: only the provider and node types swapped (its one node type is Ray's own); every
     command list and file mount as rendered for AWS; Ray's own preparation accepts it."""
-    from ray.autoscaler._private.util import prepare_config, validate_config
     aws = yaml.safe_load(rendered.read_text())
     local = C.local_provider_config(aws, "127.0.0.1", "/k/key")
     assert local["provider"] == {"type": "local", "head_ip": "127.0.0.1", "worker_ips": []}
@@ -358,8 +356,8 @@ def test_the_rehearsals_config_swaps_only_the_provider(rendered):
     assert local["auth"] == {**aws["auth"], "ssh_private_key": "/k/key"}
     for key in set(aws) - {"provider", "available_node_types", "head_node_type", "auth"}:
         assert local[key] == aws[key], key
-    prepared = prepare_config(copy.deepcopy(local))
-    validate_config(prepared)
+    prepared = compat.prepare_cluster_config(local)
+    compat.validate_cluster_config(prepared)
     assert list(prepared["available_node_types"]) == ["local.cluster.node"]
 
 

@@ -25,6 +25,7 @@ import pytest
 import yaml
 
 from sweeps import cluster as C
+from sweeps import compat
 
 REPO = Path(__file__).resolve().parents[1]
 CLUSTER_YAML = REPO / "cluster.yaml"
@@ -67,7 +68,7 @@ def aws():
     if stub is not None:
         sys.meta_path.remove(stub)
         for name in [n for n in sys.modules if n.split(".")[0] in ("boto3", "botocore")
-                     or n.startswith("ray.autoscaler._private.aws")]:
+                     or n.startswith(compat.AWS_PROVIDER_MODULE)]:
             del sys.modules[name]
 
 
@@ -83,7 +84,7 @@ def aws_types(cfg, aws) -> dict:
 
 def test_ray_up_adds_memory_and_accelerator_type_on_aws(cfg, aws_types):
     g1, g8, head = aws_types["gpu_1x"]["resources"], aws_types["gpu_8x"]["resources"], aws_types["head"]["resources"]
-    from ray._private.ray_constants import DEFAULT_OBJECT_STORE_MEMORY_PROPORTION as OBJ
+    OBJ = compat.ray_constants().DEFAULT_OBJECT_STORE_MEMORY_PROPORTION
     assert g1 == {"CPU": 8, "GPU": 1, "memory": int(32768 * 2 ** 20 * (1 - OBJ)), "accelerator_type:A10G": 1}
     assert g8 == {"CPU": 192, "GPU": 8, "memory": int(786432 * 2 ** 20 * (1 - OBJ)), "accelerator_type:A10G": 1}
     assert head == {"CPU": 8, "GPU": 0}                       # Ray fills no memory for the head

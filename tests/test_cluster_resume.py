@@ -116,7 +116,7 @@ def final_networks(sweep_dir: Path) -> list[dict]:
     """The network results of the (one) pack's final report, from the checkpoint it came with."""
     from ray import tune
 
-    from sweeps.trainable import pack_results
+    from sweeps.checkpoint import pack_results
     for path in sorted(sweep_dir.glob("*/result.json")):
         for row in (json.loads(ln) for ln in path.read_text().splitlines() if ln.strip()):
             if row.get("final"):

@@ -237,7 +237,7 @@ HANG = """
 import sys, time
 sys.path.insert(0, sys.argv[1])
 from sweeps import full_grid
-from sweeps.mlflow_callback import LoggingProcess
+from sweeps.logging_process import LoggingProcess
 # the driver's logging process runs LOGGER (below) instead of plain _serve: same serving, with the hang
 LoggingProcess.command = [sys.executable, "-c", open(sys.argv[2] + ".logger.py").read(), sys.argv[2]]
 sys.exit(full_grid.main(sys.argv[3:]))
@@ -247,7 +247,7 @@ LOGGER = """
 import sys, time
 from pathlib import Path
 from mlflow.store.artifact.local_artifact_repo import LocalArtifactRepository
-from sweeps.mlflow_callback import _serve
+from sweeps.logging_process import _serve
 mark, calls, real = sys.argv[1], [], LocalArtifactRepository.log_artifacts
 
 

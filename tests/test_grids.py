@@ -6,7 +6,8 @@ import pytest
 from imbalance_core.train import CIFAR10_BASE_LRS
 from imbalance_core.trial import _check_pack
 from sweeps.grids import (MNIST_MUS, MNIST_RHOS, PAPER_METHODS, PARTIAL_LEVELS, PRESETS, Overrides, cell_of,
-                          describe, expand, pack, training_images)
+                          describe, expand)
+from sweeps.packs import pack, training_images
 from sweeps.tracking import trial_key
 
 DATA = Overrides(data_dir="/data/not/read/by/expand")

@@ -22,6 +22,7 @@ import time
 import pytest
 
 from sweeps import cluster as C
+from sweeps import compat
 from sweeps import full_grid
 
 
@@ -173,7 +174,7 @@ def test_every_ray_listener_of_a_local_sweep_is_on_loopback(tmp_path, monkeypatc
     wide = {f"{a}:{p}": proc for (a, p), proc in seen.items() if not _is_loopback(a)}
     assert not wide, f"Ray listeners of a local sweep not on loopback: {wide}"
     # the switch that keeps the node on 127.0.0.1 is the driver's only while Ray starts
-    from ray._private import ray_constants
+    ray_constants = compat.ray_constants()
     assert ray_constants.ENABLE_RAY_CLUSTER is True
     assert os.environ.get(ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR) is None
 
@@ -184,8 +185,7 @@ def test_every_ray_listener_of_a_local_sweep_is_on_loopback(tmp_path, monkeypatc
 def loopback_mode(monkeypatch):
     """Ray's loopback-only mode (RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 when ray was imported), as on the
     rehearsal's head: 127.0.0.1 stays 127.0.0.1."""
-    from ray._private import ray_constants
-    monkeypatch.setattr(ray_constants, "ENABLE_RAY_CLUSTER", False)
+    monkeypatch.setattr(compat.ray_constants(), "ENABLE_RAY_CLUSTER", False)
 
 
 @pytest.mark.parametrize("address", ["10.0.3.7:6379", "ray://10.0.3.7:10001", "192.0.2.2:6379"])
@@ -206,7 +206,7 @@ def test_disabled_auth_is_allowed_on_a_loopback_only_cluster(address, loopback_m
 def test_127_0_0_1_is_not_loopback_where_ray_does_not_keep_it():
     """On Linux Ray connects to 127.0.0.1:PORT at this machine's routable address (its clusters listen on
     every interface): RAY_AUTH_MODE=disabled is refused there too."""
-    from ray._private import ray_constants, services
+    ray_constants, services = compat.ray_constants(), compat.ray_services()
     if not ray_constants.ENABLE_RAY_CLUSTER:
         pytest.skip("Ray's loopback-only mode is on in this process")
     routable = services.get_node_ip_address()
@@ -218,7 +218,7 @@ def test_127_0_0_1_is_not_loopback_where_ray_does_not_keep_it():
 def test_auto_address_is_resolved_before_deciding(monkeypatch, tmp_path):
     """`--address auto` is where `ray.init` would connect: the last `ray start` here (its address file), else
     a GCS process found running; none: cannot tell, refused."""
-    from ray._private import services
+    services = compat.ray_services()
     monkeypatch.setenv("RAY_TMPDIR", str(tmp_path))
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     monkeypatch.setattr(services, "find_gcs_addresses", lambda: set())      # not this machine's other Rays

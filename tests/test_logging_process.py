@@ -1,4 +1,4 @@
-"""The driver's MLflow logging process (`sweeps.mlflow_callback.LoggingProcess`): a network is logged there
+"""The driver's MLflow logging process (`sweeps.logging_process.LoggingProcess`): a network is logged there
 once, its errors come back named, and a logging process that dies is replaced by the next call."""
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import dataclasses
 import pytest
 
 from imbalance_core.trial import TrialConfig
-from sweeps.mlflow_callback import LoggingProcess
-from sweeps.trainable import rehearse_trials
+from sweeps.logging_process import LoggingProcess
+from sweeps.rehearsal import rehearse_trials
 from sweeps.tracking import Tracker, trial_key
 
 
@@ -62,7 +62,7 @@ def check_the_index_is_what_search_runs_returns(uri: str, monkeypatch) -> None:
     want = {keys[0]: [(runs[keys[0]], "FINISHED")], keys[2]: [(running, "RUNNING")], keys[3]: [(failed, "FAILED")]}
     assert tracker.index_runs() == want
     assert tracker.existing_keys() == {keys[0]}
-    monkeypatch.setattr("mlflow.store.tracking.sqlalchemy_store.SqlAlchemyStore", type("NotThisStore", (), {}))
+    monkeypatch.setattr("sweeps.compat.sql_store", lambda client: None)
     assert tracker.index_runs() == want                  # through search_runs, as from a tracking server
     assert tracker.existing_keys() == {keys[0]}
 
@@ -114,7 +114,7 @@ def test_after_an_outage_error_the_rest_of_a_trials_networks_come_back_untried(m
     import threading
     from multiprocessing.connection import Connection
 
-    from sweeps import mlflow_callback, tracking
+    from sweeps import logging_process, tracking
 
     class Tracker:
         figure_cpu_s, calls = 0.0, []
@@ -133,7 +133,7 @@ def test_after_an_outage_error_the_rest_of_a_trials_networks_come_back_untried(m
 
     monkeypatch.setattr(tracking, "Tracker", Tracker)
     ours, theirs = socket.socketpair()
-    serving = threading.Thread(target=mlflow_callback._serve, args=(theirs.detach(), "uri", "s", False))
+    serving = threading.Thread(target=logging_process._serve, args=(theirs.detach(), "uri", "s", False))
     serving.start()
     conn = Connection(ours.detach())
     conn.send({"k": []})
@@ -150,7 +150,7 @@ def test_after_an_outage_error_the_rest_of_a_trials_networks_come_back_untried(m
 
 
 def test_a_prestarted_logging_process_reads_mlflows_runs_for_the_logger(tmp_path, monkeypatch):
-    """`prestart` (full_grid calls it before starting Ray): the process reads MLflow's index itself and the
+    """`SweepSession.prestart` (full_grid calls it before starting Ray): the process reads MLflow's index itself and the
     MlflowLogger's setup takes it, with no read of MLflow on the driver; the logger then skips a network
     MLflow holds and logs the others once, through that process and a second one given the same index."""
     from mlflow.tracking import MlflowClient
@@ -165,20 +165,20 @@ def test_a_prestarted_logging_process_reads_mlflows_runs_for_the_logger(tmp_path
     index = tracker.index_runs()
     assert list(index) == [trial_key(configs[0], sweep)]
 
-    mlflow_callback.prestart(uri, sweep, False)
-    pre = mlflow_callback._PRESTARTED[sweep]
+    session = mlflow_callback.open_session(sweep, uri, False)
+    session.prestart()
+    pre = session.prestarted
     monkeypatch.setattr(Tracker, "index_runs", lambda self: pytest.fail("the driver read MLflow's runs"))
-    monkeypatch.setitem(mlflow_callback._TRACKING_URIS, sweep, uri)
-    logger = mlflow_callback.MlflowLogger(uri, sweep, threads=2)
+    logger = mlflow_callback.MlflowLogger(uri, sweep, threads=2, session=session)
     logger.setup()
     try:
-        assert sweep not in mlflow_callback._PRESTARTED and logger.trackers[0] is pre
+        assert session.prestarted is None and logger.trackers[0] is pre and session.logger is logger
         assert logger.known == {trial_key(configs[0], sweep)}
         outs = [t.log_networks([(c, r, "p1", None)]) for t, c, r in zip(logger.trackers * 2, configs, results)]
         assert outs == [[(True, False)], [(True, True)], [(True, True)]]   # the 1st is in MLflow: not again
     finally:
         logger.on_experiment_end(trials=[])            # stops its threads, closes both processes
-        mlflow_callback._LOGGERS.pop(sweep, None)
+        mlflow_callback.SESSIONS.pop(sweep, None)
     assert [t.proc.returncode for t in logger.trackers] == [0, 0]
     client = MlflowClient(tracking_uri=uri)
     runs = client.search_runs([client.get_experiment_by_name(sweep).experiment_id])

@@ -311,7 +311,7 @@ def test_two_sweeps_at_once_each_log_their_networks_exactly_once(server, ray_loc
 def _kill_after_first_logged(monkeypatch, server, restart_after_s: float | None, seen: dict, sweep: str):
     """Kill the server as soon as the first network is in MLflow (more results are still to come);
     start it again `restart_after_s` later (in the background), or leave it away (None)."""
-    from sweeps.mlflow_callback import LoggingProcess
+    from sweeps.logging_process import LoggingProcess
     real = LoggingProcess.log_networks                # the driver's side of its logging process (a trial's networks)
     done = threading.Event()
 
@@ -325,7 +325,7 @@ def _kill_after_first_logged(monkeypatch, server, restart_after_s: float | None,
         out = real(self, *a, **k)
         if not done.is_set():
             done.set()
-            seen["reported_at_kill"] = full_grid._LOGGERS[sweep].waiting    # networks reported so far
+            seen["reported_at_kill"] = full_grid.SESSIONS[sweep].logger.waiting    # networks reported so far
             server.kill()
             seen["killed"] = time.monotonic()
             if restart_after_s is not None:

@@ -13,10 +13,10 @@ import pytest
 from imbalance_core import datasets as D
 from imbalance_core.trial import TrialConfig
 from sweeps import findings, plan, report
-from sweeps.grids import pack
+from sweeps.packs import pack
 from sweeps.publish import _old_key, absolute_paths, make_portable, relative_location
 from sweeps.tracking import Tracker, trial_key
-from sweeps.trainable import synthetic_result
+from sweeps.rehearsal import synthetic_result
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = (ROOT.parent / "shared" / "data").resolve()
@@ -44,6 +44,7 @@ def _page(folder: Path) -> dict[str, str]:
     return {p.name: p.read_text() for p in sorted(folder.iterdir()) if p.suffix in (".md", ".csv")}
 
 
+@pytest.mark.slow
 def test_a_portable_page_regenerates_identically_from_another_folder_and_takes_new_runs(tmp_path):
     a = tmp_path / "clone-a" / "docs" / "results" / SWEEP
     a.mkdir(parents=True)

@@ -17,9 +17,9 @@ import numpy as np
 
 from imbalance_core.trial import TrialConfig, run_trials
 from sweeps import full_grid, grids
-from sweeps.figures import network_figures
+from sweeps.run_figures import network_figures
 from sweeps.report import build_report
-from sweeps.trainable import rehearse_trials
+from sweeps.rehearsal import rehearse_trials
 from sweeps.tracking import REHEARSAL_TAG, trial_key
 
 METHODS = ["baseline", "ros", "two-phase-ros", "rus", "two-phase-rus", "crt", "ldam-drw", "cb-focal", "la-loss"]

@@ -1,11 +1,11 @@
-"""sweeps.figures: the per-network PNGs, checked by their pixels through the layouts the functions return."""
+"""sweeps.run_figures: the per-network PNGs, checked by their pixels through the layouts the functions return."""
 import itertools
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from sweeps.figures import ARGMAX_RGB, HEAT_MAX_PX, THRESHOLDED_RGB, confusion_png, recall_png
+from sweeps.run_figures import ARGMAX_RGB, HEAT_MAX_PX, THRESHOLDED_RGB, confusion_png, recall_png
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
