@@ -130,10 +130,16 @@ def git_version() -> str:
         return "unknown"
 
 
+def added_fields(ref: dict, new: dict) -> list[str]:
+    """Result fields recorded now that the reference did not have (a new field is not a numeric change)."""
+    return sorted({k for a, b in zip(ref["results"], new["results"]) for k in set(b) - set(a)})
+
+
 def diff_case(ref: dict, new: dict) -> list[str]:
+    """Every field of the reference that differs now (or is gone), per network; the weights and phase-1 states."""
     out = []
     for i, (a, b) in enumerate(zip(ref["results"], new["results"])):
-        keys = sorted(k for k in set(a) | set(b) if a.get(k, "<missing>") != b.get(k, "<missing>"))
+        keys = sorted(k for k in a if a[k] != b.get(k, "<missing>"))
         if keys:
             out.append(f"network {i} ({ref['configs'][i]['method']}): {', '.join(keys)}")
     if len(ref["results"]) != len(new["results"]):
@@ -167,9 +173,12 @@ def record_or_compare(mode: str, data_dir: str, json_path: Path, out: Path | Non
             d = diff_case(ref[name], got[name])
             bad += bool(d)
             metrics = sum(len(r) for r in got[name]["results"])
+            added = added_fields(ref[name], got[name])
             lines.append(f"{name:15s} {'DIFF' if d else 'OK  '} {n} networks, {metrics} result fields, "
                          f"{len(got[name]['scored_weights'])} weight digests, {len(got[name]['phase1_states'])} "
-                         f"phase-1 states ({took:.0f} s)" + "".join(f"\n    {x}" for x in d))
+                         f"phase-1 states ({took:.0f} s)" + "".join(f"\n    {x}" for x in d)
+                         + (f"\n    fields recorded since the reference (not compared): {', '.join(added)}"
+                            if added else ""))
         print(lines[-1], flush=True)
     if mode == "record":
         json_path.write_text(json.dumps({**ref, **got}, indent=1, sort_keys=True))
