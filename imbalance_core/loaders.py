@@ -36,28 +36,37 @@ class TensorLoader:
     """Device-resident loader: indices are drawn on the host in blocks, the gather runs on the device."""
 
     def __init__(self, data: ArrayData, plans: list[SamplingPlan], batch_size: int, iterations: int,
-                 block: int = 32, remap: list[np.ndarray] | None = None):
-        """remap[k]: a lookup table from the indices plan k draws to rows of `data` (e.g. cached features)."""
+                 block: int = 32, remap: list[np.ndarray] | None = None, start: int = 0):
+        """remap[k]: a lookup table from the indices plan k draws to rows of `data` (e.g. cached features).
+        start: the iterations already trained (a phase resumed from a checkpoint): each plan's stream skips
+        the batches they drew, and the loader yields the iterations start..iterations-1, the same batches an
+        uninterrupted loader yields there."""
         self.data, self.plans, self.B, self.iterations, self.block = data, plans, batch_size, iterations, block
+        self.start = int(start)
         if remap is not None and len(remap) != len(plans):
             raise ValueError(f"remap has {len(remap)} tables for {len(plans)} plans")
         self.remap = remap
 
     def __len__(self) -> int:
-        return self.iterations
+        return self.iterations - self.start
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         x, y = self.data.x, self.data.y
         streams = [p.stream() for p in self.plans]
         K, B = len(streams), self.B
-        for start in range(0, self.iterations, self.block):
+        for s in streams:
+            s.take(self.start * B)                  # the batches a resumed phase trained already
+        for start in range(self.start, self.iterations, self.block):
             nb = min(self.block, self.iterations - start)
             idx = np.stack([s.take(nb * B) for s in streams]).reshape(K, nb, B)
             if self.remap is not None:
                 idx = np.stack([table[i] for table, i in zip(self.remap, idx)])
                 if (idx < 0).any():
                     raise IndexError("a plan drew an index that its remap table does not cover")
-            idx = torch.from_numpy(idx).to(x.device, non_blocking=True)
+            idx = torch.from_numpy(idx)
+            if x.device.type == "cuda":          # pinned (PyTorch's caching host allocator): the copy is truly
+                idx = idx.pin_memory()           # asynchronous, no stream sync every `block` steps
+            idx = idx.to(x.device, non_blocking=True)
             for j in range(nb):
                 ij = idx[:, j]
                 yield self.data.to_input(x[ij]), y[ij]

@@ -149,6 +149,20 @@ def _noise_seed(seed) -> int:
 
 
 @dataclass
+class PhaseState:
+    """A phase cut off after `done` iterations: what resumes it bit for bit (train's `resume`). `params`: each
+    network's parameters and buffers; `optimizer`: the SGD state (momentum buffers); `generators`: the state of
+    each network's own generator (dropout); `images` and `seconds`: the counts so far."""
+    done: int
+    params: dict[str, torch.Tensor]
+    buffers: dict[str, torch.Tensor]
+    optimizer: dict
+    generators: list[torch.Tensor] | None
+    images: int
+    seconds: float
+
+
+@dataclass
 class TrainStats:
     iterations: int
     images: int
@@ -160,12 +174,39 @@ class TrainStats:
         return self.images / max(self.seconds, 1e-9)
 
 
+def _snapshot(nets: StackedNets, opt, done: int, images: int, seconds: float) -> PhaseState:
+    params = nets.params if nets.K > 1 else dict(nets.module.named_parameters())
+    buffers = nets.buffers if nets.K > 1 else dict(nets.module.named_buffers())
+    return PhaseState(done, {k: v.detach().cpu().clone() for k, v in params.items()},
+                      {k: v.detach().cpu().clone() for k, v in buffers.items()}, copy.deepcopy(opt.state_dict()),
+                      [g.get_state() for g in nets.generators] if nets.generators else None, images, seconds)
+
+
+def _restore(nets: StackedNets, opt, state: PhaseState) -> None:
+    params = nets.params if nets.K > 1 else dict(nets.module.named_parameters())
+    buffers = nets.buffers if nets.K > 1 else dict(nets.module.named_buffers())
+    with torch.no_grad():
+        for k, v in state.params.items():
+            params[k].copy_(v)
+        for k, v in state.buffers.items():
+            buffers[k].copy_(v)
+    opt.load_state_dict(state.optimizer)
+    for g, s in zip(nets.generators or [], state.generators or []):
+        g.set_state(s)
+
+
 def train(nets: StackedNets, loader, schedule: Schedule, lr_scale: float = 1.0, only_last: bool = False,
-          log_every: int = 0, log=print, losses=None) -> TrainStats:
+          log_every: int = 0, log=print, losses=None, resume: PhaseState | None = None,
+          checkpoint_every_s: float | None = None, on_checkpoint=None) -> TrainStats:
     """Run `schedule` on all K networks; `loader` yields (x (K,B,...), y (K,B)) `schedule.iterations` times.
 
     losses: one `losses.LossFn` per network ((logits (B, C), y (B,), t) -> mean loss); None = cross-entropy
     for all K, computed in one call.
+    Checkpoints inside the phase: with `on_checkpoint`, every `checkpoint_every_s` seconds of training (0:
+    after every iteration) the phase's state (`PhaseState`) is handed to on_checkpoint. `resume`: such a state;
+    the networks (built as the phase started) take its parameters, buffers, optimiser and generator states,
+    and training goes on at iteration `resume.done`; `loader` must then start there (TensorLoader's start).
+    A phase resumed so ends with the same bits as the phase run through.
     """
     plain = losses is None or all(fn is cross_entropy for fn in losses)
     nets.set_trainable(only_last)
@@ -173,6 +214,10 @@ def train(nets: StackedNets, loader, schedule: Schedule, lr_scale: float = 1.0, 
     opt = torch.optim.SGD(nets.param_groups(only_last), lr=schedule.base_lr * lr_scale,
                           momentum=schedule.momentum, weight_decay=schedule.weight_decay)
     K, t0, done, images, loss_k = nets.K, time.perf_counter(), 0, 0, None
+    if resume is not None:
+        _restore(nets, opt, resume)
+        done, images, t0 = resume.done, resume.images, t0 - resume.seconds
+    last_checkpoint = time.perf_counter()
     for x, y in loader:
         if done >= schedule.iterations:
             break
@@ -188,6 +233,10 @@ def train(nets: StackedNets, loader, schedule: Schedule, lr_scale: float = 1.0, 
         opt.step()
         done += 1
         images += y.numel()
+        if on_checkpoint is not None and done < schedule.iterations and \
+                time.perf_counter() - last_checkpoint >= (checkpoint_every_s or 0):
+            on_checkpoint(_snapshot(nets, opt, done, images, time.perf_counter() - t0))
+            last_checkpoint = time.perf_counter()
         if log_every and done % log_every == 0:
             log(f"iter {done}/{schedule.iterations} loss {loss_k.detach().mean().item():.4f} "
                 f"lr {schedule.lr(done - 1):.2e}")
