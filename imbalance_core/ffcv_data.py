@@ -620,13 +620,20 @@ class FFCVTrainLoader:
     """K sampling plans through one ffcv.Loader: yields `iterations` batches (x (K,B,...), y (K,B))."""
 
     def __init__(self, path: Path, ds, plans: list[SamplingPlan], batch_size: int, iterations: int, device,
-                 num_workers: int | None = None, chunk_samples: int = CHUNK_SAMPLES, batches_ahead: int = 3):
+                 num_workers: int | None = None, chunk_samples: int = CHUNK_SAMPLES, batches_ahead: int = 3,
+                 start: int = 0):
+        """start: the iterations a resumed phase trained already (TensorLoader's start): each plan's stream
+        skips what it drew, and the loader yields the rest, the same indices; a random augmentation (ImageNet's
+        crops and flips, drawn in FFCV's numba pipeline) is not resumed."""
         if not plans:
             raise ValueError("train_loader needs at least one sampling plan")
         if int(batch_size) < 1 or int(iterations) < 1:
             raise ValueError(f"batch_size={batch_size!r} and iterations={iterations!r} must be integers >= 1")
         self.path, self.ds, self.plans = Path(path), ds, list(plans)
         self.B, self.iterations, self.K = int(batch_size), int(iterations), len(self.plans)
+        self.start = int(start)
+        if not 0 <= self.start < self.iterations:
+            raise ValueError(f"start={start!r} must be in 0..{self.iterations - 1} (iterations={iterations})")
         self.device = _device(device)
         self.max_chunk = max(1, int(chunk_samples) // (self.K * self.B))   # iterations per FFCV traversal
         self.chunk = min(self.iterations, self.max_chunk)
@@ -639,12 +646,14 @@ class FFCVTrainLoader:
                 raise ValueError(f"a plan indexes {len(p.labels)} training examples but {self.path} holds {n}")
 
     def __len__(self) -> int:
-        return self.iterations
+        return self.iterations - self.start
 
     def chunks(self) -> Iterator[np.ndarray]:
         """The index arrays handed to FFCV, one per traversal: batch t is [plan 0's B | plan 1's B | ...]."""
         streams = [p.stream() for p in self.plans]
-        done = 0
+        for s in streams:
+            s.take(self.start * self.B)
+        done = self.start
         while done < self.iterations:
             c = min(self.chunk, self.iterations - done)
             idx = np.stack([s.take(c * self.B) for s in streams]).reshape(self.K, c, self.B)
@@ -672,13 +681,13 @@ class FFCVTrainLoader:
 
 def train_loader(ds, plans: list[SamplingPlan], batch_size: int, iterations: int, device, *,
                  cache_dir=None, num_workers: int | None = None, chunk_samples: int = CHUNK_SAMPLES,
-                 batches_ahead: int | None = None) -> FFCVTrainLoader:
+                 batches_ahead: int | None = None, start: int = 0) -> FFCVTrainLoader:
     """FFCV training loader for trial.py: writes (or reuses) the training beton, then serves the plans."""
     path = write_beton(ds, "train", cache_dir, num_workers)
     if batches_ahead is None:
         batches_ahead = 2 if isinstance(ds, D.FileDataset) else 3   # ImageNet slots are large (K*B images)
     return FFCVTrainLoader(path, ds, plans, batch_size, iterations, device, num_workers=num_workers,
-                           chunk_samples=chunk_samples, batches_ahead=batches_ahead)
+                           chunk_samples=chunk_samples, batches_ahead=batches_ahead, start=start)
 
 
 def test_batches(ds, device, batch_size: int = 250, *, cache_dir=None,

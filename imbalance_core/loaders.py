@@ -73,15 +73,16 @@ class TensorLoader:
 
 
 class _PlanBatchSampler(torch.utils.data.Sampler):
-    def __init__(self, plan: SamplingPlan, batch_size: int, iterations: int):
-        self.plan, self.B, self.iterations = plan, batch_size, iterations
+    def __init__(self, plan: SamplingPlan, batch_size: int, iterations: int, start: int = 0):
+        self.plan, self.B, self.iterations, self.start = plan, batch_size, iterations, int(start)
 
     def __len__(self):
-        return self.iterations
+        return self.iterations - self.start
 
     def __iter__(self):
         stream = self.plan.stream()
-        for _ in range(self.iterations):
+        stream.take(self.start * self.B)            # the batches a resumed phase trained already
+        for _ in range(self.start, self.iterations):
             yield stream.take(self.B).tolist()
 
 
@@ -90,14 +91,17 @@ class TorchLoader:
 
     def __init__(self, dataset: torch.utils.data.Dataset, plans: list[SamplingPlan], batch_size: int,
                  iterations: int, device, num_workers: int = 0,
-                 to_input: Callable[[torch.Tensor], torch.Tensor] = lambda t: t):
+                 to_input: Callable[[torch.Tensor], torch.Tensor] = lambda t: t, start: int = 0):
+        """start: as TensorLoader's (the indices are the same; a random augmentation of decoded files, drawn
+        in the DataLoader's workers, is not resumed: ImageNet's crops after a resume differ)."""
         self.loaders = [torch.utils.data.DataLoader(
-            dataset, batch_sampler=_PlanBatchSampler(p, batch_size, iterations), num_workers=num_workers,
+            dataset, batch_sampler=_PlanBatchSampler(p, batch_size, iterations, start), num_workers=num_workers,
             pin_memory=torch.device(device).type == "cuda", persistent_workers=False) for p in plans]
         self.device, self.iterations, self.to_input = torch.device(device), iterations, to_input
+        self.start = int(start)
 
     def __len__(self) -> int:
-        return self.iterations
+        return self.iterations - self.start
 
     def __iter__(self):
         for batches in zip(*self.loaders):

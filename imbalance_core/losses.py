@@ -19,6 +19,10 @@ the batch's mean loss:
 naming the hyper-parameters it reads from its method's spec (`methods.MethodSpec.params`) and the range each
 may take; `build` looks the name up, and `methods.validate` refuses a spec whose losses read a
 hyper-parameter it does not give, or that gives one no loss of it reads.
+
+A stack of networks (train.py, K > 1) computes its losses in one batched call, whatever mix of losses and
+hyper-parameters it holds (`stacked`): every loss above is one case of `Terms` (a loss function built here
+carries its own as `.terms`). A loss registered without terms still trains, stacked, as a loop of K calls.
 """
 from __future__ import annotations
 
@@ -103,6 +107,70 @@ def cross_entropy(logits: torch.Tensor, y: torch.Tensor, t: int = 0) -> torch.Te
     return F.cross_entropy(logits, y)
 
 
+@dataclass(frozen=True)
+class Terms:
+    """One network's loss in the form that covers every loss of the registry, for a batch of B examples:
+
+        loss = sum_b w_b (1 - p_b)^gamma (-log p_b) / norm,   p_b = softmax(scale (z_b + shift - margin_y e_y))_y
+
+    w_b = weight[y_b] from iteration `weight_from` on (before: 1); norm = sum_b w_b where `weighted_mean` and
+    the weights apply, else B. Tensors are (C,) on the loss's device; None is zeros (shift, margin) or ones."""
+    shift: torch.Tensor | None = None
+    margin: torch.Tensor | None = None
+    scale: float = 1.0
+    weight: torch.Tensor | None = None
+    weight_from: int = 0
+    weighted_mean: bool = False
+    gamma: float = 0.0
+
+
+cross_entropy.terms = Terms()
+
+
+def _with_terms(fn: LossFn, terms: Terms) -> LossFn:
+    fn.terms = terms
+    return fn
+
+
+def stacked(losses: list[LossFn], device) -> Callable | None:
+    """One call for the losses of a stack of K networks: (logits (K, B, C), y (K, B), t) -> (K,) mean losses,
+    each as its own loss function computes it (to float rounding: one fused form, `Terms`). None where a loss
+    has no `terms` (the caller loops)."""
+    terms = [getattr(fn, "terms", None) for fn in losses]
+    if any(t is None for t in terms):
+        return None
+    dev = torch.device(device)
+
+    def per(name: str, dtype=torch.float32) -> torch.Tensor:
+        return torch.tensor([getattr(t, name) for t in terms], dtype=dtype, device=dev)
+    scale, gamma, weighted = per("scale"), per("gamma"), per("weighted_mean", torch.bool)
+    weight_from = per("weight_from", torch.int64)
+    has_margin = any(t.margin is not None for t in terms)
+    focal = any(t.gamma != 0 for t in terms)
+    rows: dict[str, torch.Tensor] = {}
+
+    def row(name: str, default: float, C: int) -> torch.Tensor:        # (K, C), built at the first call
+        if name not in rows:
+            rows[name] = torch.stack([getattr(t, name).to(dev, torch.float32) if getattr(t, name) is not None
+                                      else torch.full((C,), default, device=dev) for t in terms])
+        return rows[name]
+
+    def loss(logits: torch.Tensor, y: torch.Tensor, t: int = 0) -> torch.Tensor:
+        C = logits.shape[-1]
+        z = logits.float() + row("shift", 0.0, C)[:, None, :]
+        if has_margin:
+            z = z - F.one_hot(y, C).to(z.dtype) * row("margin", 0.0, C).gather(1, y)[..., None]
+        logp = F.log_softmax(scale[:, None, None] * z, dim=-1).gather(-1, y[..., None])[..., 0]   # (K, B)
+        on = weight_from <= t                                                           # (K,): weights apply
+        w = torch.where(on[:, None], row("weight", 1.0, C).gather(1, y), torch.ones((), device=dev))
+        term = w * -logp
+        if focal:
+            term = term * (1 - logp.exp()).pow(gamma[:, None])
+        norm = torch.where(weighted & on, w.sum(1), torch.full_like(scale, y.shape[1]))
+        return term.sum(1) / norm
+    return loss
+
+
 TAU = Range(0.0, 10.0)
 BETA = Range(0.0, 1.0, high_inclusive=False)
 
@@ -119,7 +187,7 @@ def _la(counts, iterations, params, device) -> LossFn:
 
     def la(logits, y, t=0):
         return F.cross_entropy(logits + shift, y)
-    return la
+    return _with_terms(la, Terms(shift=shift))
 
 
 @loss("cb-focal", beta=BETA, gamma=Range(0.0, math.inf, high_inclusive=False))
@@ -130,7 +198,7 @@ def _cb_focal(counts, iterations, params, device) -> LossFn:
     def cb_focal(logits, y, t=0):
         logp = F.log_softmax(logits.float(), dim=-1).gather(1, y[:, None])[:, 0]
         return (w[y] * (1 - logp.exp()).pow(gamma) * -logp).mean()
-    return cb_focal
+    return _with_terms(cb_focal, Terms(weight=w, gamma=gamma))
 
 
 @loss("ldam-drw", max_margin=Range(0.0, math.inf, False, False), scale=Range(0.0, math.inf, False, False),
@@ -143,4 +211,4 @@ def _ldam_drw(counts, iterations, params, device) -> LossFn:
     def ldam(logits, y, t=0):
         z = logits - F.one_hot(y, logits.shape[-1]).to(logits.dtype) * margins[y][:, None]
         return F.cross_entropy(s * z, y, weight=w if t >= start else None)
-    return ldam
+    return _with_terms(ldam, Terms(margin=margins, scale=s, weight=w, weight_from=start, weighted_mean=True))

@@ -8,6 +8,7 @@ stacked tensors is exactly K independent optimisers. With K = 1 the module runs 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import time
 from dataclasses import dataclass, replace
@@ -17,6 +18,7 @@ import torch.nn.functional as F
 from torch.func import functional_call, stack_module_state, vmap
 
 from .losses import cross_entropy
+from .losses import stacked as stacked_losses
 from .specs import DATASETS as _SPECS
 from .specs import Schedule  # noqa: F401  (re-exported: the schedule of a dataset)
 from .models import param_lr_mults
@@ -161,6 +163,14 @@ class PhaseState:
     images: int
     seconds: float
 
+    def to_dict(self) -> dict:
+        """Plain containers of CPU tensors and numbers (torch.save / torch.load(weights_only=True))."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+    @classmethod
+    def from_dict(cls, d: "dict | PhaseState") -> "PhaseState":
+        return d if isinstance(d, cls) else cls(**{f.name: d[f.name] for f in dataclasses.fields(cls)})
+
 
 @dataclass
 class TrainStats:
@@ -201,7 +211,8 @@ def train(nets: StackedNets, loader, schedule: Schedule, lr_scale: float = 1.0, 
     """Run `schedule` on all K networks; `loader` yields (x (K,B,...), y (K,B)) `schedule.iterations` times.
 
     losses: one `losses.LossFn` per network ((logits (B, C), y (B,), t) -> mean loss); None = cross-entropy
-    for all K, computed in one call.
+    for all K, computed in one call. A stack of other losses (any mix) is computed in one call too
+    (losses.stacked), or as a loop of K calls where a loss carries no `terms`.
     Checkpoints inside the phase: with `on_checkpoint`, every `checkpoint_every_s` seconds of training (0:
     after every iteration) the phase's state (`PhaseState`) is handed to on_checkpoint. `resume`: such a state;
     the networks (built as the phase started) take its parameters, buffers, optimiser and generator states,
@@ -209,6 +220,7 @@ def train(nets: StackedNets, loader, schedule: Schedule, lr_scale: float = 1.0, 
     A phase resumed so ends with the same bits as the phase run through.
     """
     plain = losses is None or all(fn is cross_entropy for fn in losses)
+    together = None if plain or nets.K == 1 else stacked_losses(losses, nets.device)
     nets.set_trainable(only_last)
     nets.train(True)
     opt = torch.optim.SGD(nets.param_groups(only_last), lr=schedule.base_lr * lr_scale,
@@ -226,7 +238,9 @@ def train(nets: StackedNets, loader, schedule: Schedule, lr_scale: float = 1.0, 
         logits = nets(x)                                                  # (K, B, C)
         if plain:
             loss_k = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none").view(K, -1).mean(1)
-        else:
+        elif together is not None:                                        # a stack: one batched call
+            loss_k = together(logits, y, done)
+        else:                                                             # one network, or a loss without terms
             loss_k = torch.stack([fn(logits[k], y[k], done) for k, fn in enumerate(losses)])
         opt.zero_grad(set_to_none=True)
         loss_k.sum().backward()                                           # each net's grad = its own mean loss

@@ -44,7 +44,7 @@ from . import specs as S
 from .models import MODELS, build_model, reinit_last
 from .preprocess import ImageFiles, array_data, imagenet_transforms
 from .sampling import LEVEL_SAMPLERS, SamplingPlan
-from .train import Schedule, StackedNets, TrainStats, predict, schedule_for, train
+from .train import PhaseState, Schedule, StackedNets, TrainStats, predict, schedule_for, train
 
 
 LOCATION_FIELDS = ("data_dir",)     # where a config's data sits: not part of what the network is
@@ -167,21 +167,23 @@ def load_prepared(dataset: str, data_dir: str | None):
     return ds, tr, te
 
 
-def _loader(backend: str, ds, train_data, plans, schedule: Schedule, device, iterations: int):
+def _loader(backend: str, ds, train_data, plans, schedule: Schedule, device, iterations: int, start: int = 0):
+    """The training batches of `plans` on `device`; start: the iterations a resumed phase trained already."""
     if backend == "tensor":
         if train_data is None:
             raise ValueError(f"loader='tensor' needs an in-memory dataset; {ds.name!r} is decoded from files")
-        return TensorLoader(train_data.to(device), plans, schedule.batch_size, iterations)
+        return TensorLoader(train_data.to(device), plans, schedule.batch_size, iterations, start=start)
     if backend == "torch":
         if train_data is None:
             dataset = ImageFiles(ds.train_files, ds.train_y, imagenet_transforms(train=True))
             workers = min(4, os.cpu_count() or 1)
-            return TorchLoader(dataset, plans, schedule.batch_size, iterations, device, num_workers=workers)
+            return TorchLoader(dataset, plans, schedule.batch_size, iterations, device, num_workers=workers,
+                               start=start)
         return TorchLoader(InMemoryDataset(train_data.x, train_data.y), plans, schedule.batch_size, iterations,
-                           device, to_input=train_data.to_input)
+                           device, to_input=train_data.to_input, start=start)
     if backend == "ffcv":
         from . import ffcv_data
-        return ffcv_data.train_loader(ds, plans, schedule.batch_size, iterations, device)
+        return ffcv_data.train_loader(ds, plans, schedule.batch_size, iterations, device, start=start)
     raise ValueError(f"loader={backend!r} is unknown; choose one of {', '.join(BACKENDS)}")
 
 
@@ -258,14 +260,38 @@ class Pack:
     limit: packing.StackLimit            # the stack size as it trains: halved on out-of-memory (halve_on_oom)
 
 
+@dataclass(frozen=True)
+class PhaseCheckpoints:
+    """Checkpoints inside a phase (run_trials' checkpoint_every_s, on_phase and in_phase): every `every_s`
+    seconds of a group's training, its PhaseState goes to on_phase(group, state); a group named in `given`
+    resumes from its state. A group is named by its phase and members (`group_name`), so a state is only
+    taken up by the same networks trained together again (another stack size starts the phase over)."""
+    every_s: float | None = None
+    on_phase: object = None              # on_phase(group name, PhaseState), or None: no checkpoints in a phase
+    given: dict = dataclasses.field(default_factory=dict)   # group name -> PhaseState
+
+    @staticmethod
+    def group_name(phase: int, members: list) -> str:
+        """A group of phase 1 by its phase1_keys, of phase 2 by the networks' indices in the pack."""
+        return json.dumps([phase, list(members)])
+
+    def fit_args(self, name: str) -> dict:
+        """fit's resume / checkpoint_every_s / on_checkpoint for group `name`."""
+        hook = None if self.on_phase is None else (lambda state: self.on_phase(name, state))
+        return {"resume": self.given.get(name), "checkpoint_every_s": self.every_s, "on_checkpoint": hook}
+
+
 def fit(pack: Pack, models: list[torch.nn.Module], plans: list[SamplingPlan], *, lr_scale: float = 1.0,
-        only_last: bool = False, losses=None, log=None,
-        source: frozen.FeatureCache | None = None) -> tuple[StackedNets, list[TrainStats], tuple]:
+        only_last: bool = False, losses=None, log=None, source: frozen.FeatureCache | None = None,
+        resume: PhaseState | None = None, checkpoint_every_s: float | None = None,
+        on_checkpoint=None) -> tuple[StackedNets, list[TrainStats], tuple]:
     """Train `models` on their `plans` as one group (vmap-stacked when more than one) for the pack's schedule.
 
     losses: one loss function per model (None: cross-entropy for all).
     source: where the batches come from: None, the pack's training images (its loader); a FeatureCache, the
     cached features of phase-1 networks, on which `models` (its `heads`) train (frozen.py).
+    resume, checkpoint_every_s, on_checkpoint: checkpoints inside the phase (train's; the loader starts at
+    resume.done). Not on cached features: that phase (a head, seconds) starts over.
     Returns the trained networks, each network's TrainStats (its share of the group's time, the cache's
     included) and the wall-clock (start, end) of the training loop (time.time() s).
     """
@@ -273,12 +299,15 @@ def fit(pack: Pack, models: list[torch.nn.Module], plans: list[SamplingPlan], *,
     if source is None:
         nets = StackedNets(models, pack.device, channels_last=(K == 1 and pack.device.type == "cpu"),
                            noise_seeds=[(p.seed, p.stream_id) for p in plans])   # dropout: each network's own
-        loader = _loader(pack.backend, pack.ds, pack.train_data, plans, s, pack.device, s.iterations)
+        loader = _loader(pack.backend, pack.ds, pack.train_data, plans, s, pack.device, s.iterations,
+                         start=resume.done if resume is not None else 0)
     else:
         nets = StackedNets(models, pack.device, bias_lr_mult=source.bias_lr_mult)
         loader = source.loader(plans, s.batch_size, s.iterations)
+        resume = on_checkpoint = None
     st = train(nets, loader, s, lr_scale=lr_scale, only_last=only_last,
-               log_every=max(1, s.iterations // 10) if log else 0, log=log or print, losses=losses)
+               log_every=max(1, s.iterations // 10) if log else 0, log=log or print, losses=losses,
+               resume=resume, checkpoint_every_s=checkpoint_every_s, on_checkpoint=on_checkpoint)
     end = time.time()                              # the timed training loop ran [end - st.seconds, end]
     share = source.seconds / K if source is not None else 0.0
     stats = [TrainStats(st.iterations, st.images // K, st.seconds / K + share, [st.final_loss[j]]) for j in range(K)]
@@ -463,15 +492,18 @@ def phase1_kinds(run: PackRun, skip) -> list[list[str]]:
     return list(kinds.values())
 
 
-def train_phase1(run: PackRun, keys: list[str], log=None) -> tuple[dict[str, Phase1Net], dict[int, Trained]]:
+def train_phase1(run: PackRun, keys: list[str], log=None, checkpoints: PhaseCheckpoints = PhaseCheckpoints()
+                 ) -> tuple[dict[str, Phase1Net], dict[int, Trained]]:
     """Phase 1 of the networks `keys` as one group (each trained once, for every network that starts from it),
-    scored on the test set: each one's Phase1Net, and the networks that end with phase 1 (no phase 2)."""
+    scored on the test set: each one's Phase1Net, and the networks that end with phase 1 (no phase 2).
+    checkpoints: inside the phase (PhaseCheckpoints), the group named by `keys`."""
     reps = [run.plan.phase1[k][0] for k in keys]          # a representative network of each phase-1 network
     p = run.specs[reps[0]].phases[0]                      # the group's setting (phase1_kinds)
     keep = run.cached_phase2 and len(keys) == 1 and run.needs_phase2(keys[0])
     nets, stats, window = fit(run.pack, [run.network(i, 1) for i in reps], [run.sampling(i, 1) for i in reps],
                               lr_scale=p.lr_scale, only_last=p.only_last, log=log,
-                              losses=[run.loss(i, 1) for i in reps])
+                              losses=[run.loss(i, 1) for i in reps],
+                              **checkpoints.fit_args(PhaseCheckpoints.group_name(1, keys)))
     scores, feats = score(run.pack, nets, keep_features=keep)
     trained, plain = {}, {}
     for n, (k, state) in enumerate(zip(keys, nets.state_dicts())):
@@ -492,10 +524,12 @@ def phase2_kinds(run: PackRun) -> list[list[int]]:
     return list(kinds.values())
 
 
-def train_phase2(run: PackRun, part: list[int], nets1: dict[str, Phase1Net]) -> dict[int, Trained]:
+def train_phase2(run: PackRun, part: list[int], nets1: dict[str, Phase1Net],
+                 checkpoints: PhaseCheckpoints = PhaseCheckpoints()) -> dict[int, Trained]:
     """Phase 2 of the networks `part` (one kind of phase 2) as one group, each from its phase-1 network: the last
     layer(s) on cached features where that is exact (frozen.py), else the whole network with the layers the
-    phase trains; scored on the test set."""
+    phase trains; scored on the test set. checkpoints: inside the phase, the group named by `part` (not on
+    cached features)."""
     ph, pack, s = run.specs[part[0]].phases[1], run.pack, run.pack.schedule
     starts = [nets1[phase1_key(run.configs[i])] for i in part]
     models = [run.network(i, 2, start.state) for i, start in zip(part, starts)]
@@ -505,7 +539,7 @@ def train_phase2(run: PackRun, part: list[int], nets1: dict[str, Phase1Net]) -> 
         if run.cached_phase2 and ph.only_last else None
     nets, stats, window = fit(pack, cache.heads if cache else models, plans, lr_scale=ph.lr_scale,
                               only_last=ph.only_last and cache is None, losses=[run.loss(i, 2) for i in part],
-                              source=cache)
+                              source=cache, **checkpoints.fit_args(PhaseCheckpoints.group_name(2, part)))
     scores, _ = score(pack, nets, source=cache)
     if cache is not None:                                 # a head's state on top of its phase-1 network's
         head = MODELS[run.model].last_layers[-1]
@@ -559,7 +593,8 @@ def run_trials(configs: list[TrialConfig], log=None, stack: bool | None = None,
                cache_features: bool = True, *, done: dict[int, NetworkResult | dict] | None = None,
                phase1: dict[str, dict] | None = None, on_progress=None,
                max_stack: int | None = None, gpu_fraction: float = 1.0,
-               allow_tf32: bool = False) -> list[NetworkResult]:
+               allow_tf32: bool = False, checkpoint_every_s: float | None = None, on_phase=None,
+               in_phase: dict[str, PhaseState | dict] | None = None) -> list[NetworkResult]:
     """Train and evaluate every config of a pack (same dataset and schedule); one NetworkResult each.
 
     stack: train the pack's networks as one vmap-stacked model (default on CUDA, where it pays) or one
@@ -584,6 +619,15 @@ def run_trials(configs: list[TrialConfig], log=None, stack: bool | None = None,
         networks trained in that step that a two-phase network of the pack still needs (CPU tensors, plain values).
     done: {i: result} of networks already finished (NetworkResults or their dicts): not trained again.
     phase1: {phase1_key: state} as on_progress gave them: those phase-1 networks are not trained again.
+
+    Checkpoints inside a phase (a long phase cut off loses minutes, not the phase):
+    on_phase(group, state): called every `checkpoint_every_s` seconds of a group's training (0: every
+        iteration; None: never) with the group's name (PhaseCheckpoints.group_name: its phase and members) and
+        its PhaseState (parameters, buffers, SGD state, each network's generator, iterations done; CPU
+        tensors; `.to_dict()` for torch.save). The group's on_progress step supersedes it.
+    in_phase: {group: state} as on_phase gave them (PhaseStates or their dicts): a group trained again with
+        the same members resumes there, bit-identical to the phase run through (on in-memory data; a random
+        augmentation of decoded files is not resumed). A phase 2 on cached features starts over.
     """
     configs = [c if isinstance(c, TrialConfig) else TrialConfig.from_dict(c) for c in configs]
     if not configs:
@@ -599,15 +643,17 @@ def run_trials(configs: list[TrialConfig], log=None, stack: bool | None = None,
     run = prepare_pack(configs, todo, stack, max_stack, cache_features, gpu_fraction, allow_tf32)
     nets1 = resume.phase1_nets(run.plan)                     # phase-1 networks given back: not trained again
     limit = run.pack.limit
+    ckpt = PhaseCheckpoints(checkpoint_every_s, on_phase,
+                            {k: PhaseState.from_dict(v) for k, v in (in_phase or {}).items()})
     try:
         for kind in phase1_kinds(run, skip=nets1):          # phase 1: each distinct network once, group by group
-            for _, (trained, plain) in packing.halve_on_oom(lambda g: train_phase1(run, g, log), kind, limit,
+            for _, (trained, plain) in packing.halve_on_oom(lambda g: train_phase1(run, g, log, ckpt), kind, limit,
                                                              log=log):
                 nets1.update(trained)
                 states = {k: net.checkpoint() for k, net in trained.items() if run.needs_phase2(k)}
                 results.update(finish_step(run, plain, states, on_progress))
         for kind in phase2_kinds(run):                      # phase 2: from the phase-1 networks
-            for _, trained in packing.halve_on_oom(lambda g: train_phase2(run, g, nets1), kind, limit, log=log):
+            for _, trained in packing.halve_on_oom(lambda g: train_phase2(run, g, nets1, ckpt), kind, limit, log=log):
                 results.update(finish_step(run, trained, {}, on_progress))
     finally:
         packing.release_cached_memory()                      # a reused worker's next pack, or a GPU neighbour

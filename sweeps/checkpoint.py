@@ -2,10 +2,13 @@
 
     <checkpoint>/networks.json        {"pack": [asdict(TrialConfig), ...], "done": {index: result}}
     <checkpoint>/phase1.pt            the phase-1 states the pack's unfinished two-phase networks need
+    <checkpoint>/in_phase.pt          the group in training when the checkpoint was written: its PhaseState
+                                      (run_trials' on_phase, every --checkpoint-every-min of a phase)
     <checkpoint>/figures/<index>/     a final checkpoint only: each network's two PNGs (NETWORK_FIGURES)
 
-A pack checkpoints after every step (CPU: each network; stacked GPU: each phase); a retried or resumed trial
-starts from it (`load_pack_checkpoint`) and trains only what was not finished. Its last report carries
+A pack checkpoints after every step (CPU: each network; stacked GPU: each phase) and every few minutes inside
+a phase; a retried or resumed trial starts from it (`PackProgress.load`), trains only what was not finished
+and takes up a phase where its last checkpoint left it. Its last report carries
 `{"final": True}` (`is_final`) and the checkpoint then holds every network's result (`pack_results`) and PNGs
 (`pack_outputs`). The results travel in the checkpoint, not in the reported metrics, so that Tune's experiment
 state (every trial's last result, rewritten as trials finish) stays small at 23,000 networks.
@@ -24,6 +27,7 @@ from .tracking import dumps
 
 CHECKPOINT_RESULTS = "networks.json"   # a pack's checkpoint: {index: result} of its finished networks
 CHECKPOINT_PHASE1 = "phase1.pt"         # and the phase-1 states its unfinished two-phase networks need
+CHECKPOINT_IN_PHASE = "in_phase.pt"     # and the state of the group in training (a checkpoint inside a phase)
 CHECKPOINT_FIGURES = "figures"          # a final checkpoint: each network's PNGs, figures/<index>/<name>
 
 
@@ -52,24 +56,59 @@ def pack_outputs(result: dict, checkpoint):
                for i, r in enumerate(_results_in(d))]
 
 
-def load_pack_checkpoint(checkpoint, configs: list[TrialConfig]) -> tuple[dict[int, dict], dict[str, dict]]:
-    """({index: result}, {phase1_key: state}) from a pack's Tune checkpoint (empty without one)."""
-    if checkpoint is None:
-        return {}, {}
-    import torch
-    with checkpoint.as_directory() as d:
-        saved = json.loads((Path(d) / CHECKPOINT_RESULTS).read_text())
+@dataclasses.dataclass
+class PackProgress:
+    """A pack's progress as its checkpoint holds it, kept by run_trials' callbacks (`finished`: on_progress;
+    `phase`: on_phase) and written by `save` (the trainable: into a Tune checkpoint after each)."""
+    configs: list[TrialConfig]
+    done: dict[int, dict] = dataclasses.field(default_factory=dict)       # index -> result dict
+    phase1: dict[str, dict] = dataclasses.field(default_factory=dict)     # phase1_key -> Phase1Net.checkpoint()
+    in_phase: dict[str, dict] = dataclasses.field(default_factory=dict)   # group -> PhaseState.to_dict() (one)
+
+    @classmethod
+    def load(cls, folder, configs: list[TrialConfig]) -> "PackProgress":
+        """The progress saved in `folder` (a checkpoint's directory; None: nothing yet). A checkpoint of
+        another pack is ignored: the pack starts over."""
+        if folder is None:
+            return cls(configs)
+        import torch
+        saved = json.loads((Path(folder) / CHECKPOINT_RESULTS).read_text())
         if saved.get("pack") != [dataclasses.asdict(c) for c in configs]:
-            return {}, {}                          # not this pack's checkpoint: start over
-        done = {int(i): r for i, r in saved["done"].items()}
-        p1 = Path(d) / CHECKPOINT_PHASE1
-        phase1 = torch.load(p1, weights_only=True) if p1.is_file() else {}
-    return done, phase1
+            return cls(configs)
+        files = {name: Path(folder) / name for name in (CHECKPOINT_PHASE1, CHECKPOINT_IN_PHASE)}
+        loaded = {name: torch.load(f, weights_only=True) if f.is_file() else {} for name, f in files.items()}
+        return cls(configs, {int(i): r for i, r in saved["done"].items()}, loaded[CHECKPOINT_PHASE1],
+                   loaded[CHECKPOINT_IN_PHASE])
 
+    def save(self, folder) -> None:
+        import torch
+        (Path(folder) / CHECKPOINT_RESULTS).write_text(dumps({"pack": [dataclasses.asdict(c) for c in self.configs],
+                                                              "done": {str(i): r for i, r in self.done.items()}}))
+        if self.phase1:
+            torch.save(self.phase1, Path(folder) / CHECKPOINT_PHASE1)
+        if self.in_phase:
+            torch.save(self.in_phase, Path(folder) / CHECKPOINT_IN_PHASE)
 
-def _save_pack_checkpoint(folder: str, configs, done: dict, phase1: dict) -> None:
-    import torch
-    (Path(folder) / CHECKPOINT_RESULTS).write_text(dumps({"pack": [dataclasses.asdict(c) for c in configs],
-                                                          "done": {str(i): r for i, r in done.items()}}))
-    if phase1:
-        torch.save(phase1, Path(folder) / CHECKPOINT_PHASE1)
+    def finished(self, results: dict, states: dict[str, dict], **tags) -> None:
+        """A step ended (on_progress): its finished networks' results (with `tags`, e.g. the node), the phase-1
+        states it trained; phase-1 states no unfinished network needs are dropped, and so is the state inside
+        the phase that just ended."""
+        from imbalance_core.methods import get as method_spec
+        from imbalance_core.trial import phase1_key
+        for i, r in results.items():
+            self.done[i] = {**r.to_dict(), **tags}
+        self.phase1.update(states)
+        needed = {phase1_key(c) for i, c in enumerate(self.configs)
+                  if i not in self.done and method_spec(c.method).two_phase}
+        for k in [k for k in self.phase1 if k not in needed]:
+            del self.phase1[k]
+        self.in_phase.clear()
+
+    def phase(self, group: str, state) -> None:
+        """A checkpoint inside a phase (on_phase): the group's state replaces any earlier one."""
+        self.in_phase.clear()
+        self.in_phase[group] = state.to_dict()
+
+    def resume_args(self) -> dict:
+        """run_trials' done=, phase1= and in_phase= from this progress."""
+        return {"done": self.done, "phase1": self.phase1, "in_phase": self.in_phase}

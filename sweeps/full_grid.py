@@ -156,28 +156,32 @@ class Packs(Searcher):
     included, for each trial it creates, so its cost grows with the square of the number of packs
     (benchmarks/tune_trial_generation.py; docs/performance.md, "The driver at scale"). A searcher's
     suggestion is copied alone. Tune saves its state (`save`/`restore`) with the experiment's,
-    so `--resume` suggests the packs not yet started."""
+    so `--resume` suggests the packs not yet started. `options`: added to every trial's config
+    (SweepOptions.trial_options: TF32, checkpoints inside a phase)."""
 
-    def __init__(self, packs: list[list[dict]] | None = None, allow_tf32: bool = False):
+    def __init__(self, packs: list[list[dict]] | None = None, options: dict | None = None):
         super().__init__()
-        self.packs, self.next, self.allow_tf32 = packs or [], 0, allow_tf32
+        self.packs, self.next, self.options = packs or [], 0, dict(options or {})
 
     def suggest(self, trial_id: str):
         if self.next >= len(self.packs):
             return Searcher.FINISHED
         self.next += 1
-        return {"pack": self.packs[self.next - 1], **({"allow_tf32": True} if self.allow_tf32 else {})}
+        return {"pack": self.packs[self.next - 1], **self.options}
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
         pass                                       # nothing to learn: every pack runs once (Tune retries failures)
 
     def save(self, checkpoint_path: str):
         Path(checkpoint_path).write_text(json.dumps({"packs": self.packs, "next": self.next,
-                                                     "allow_tf32": self.allow_tf32}))
+                                                     "options": self.options}))
 
     def restore(self, checkpoint_path: str):
         state = json.loads(Path(checkpoint_path).read_text())
-        self.packs, self.next, self.allow_tf32 = state["packs"], state["next"], state.get("allow_tf32", False)
+        self.packs, self.next = state["packs"], state["next"]
+        # a sweep started before `options` saved only its TF32 setting (and checkpointed between phases only)
+        self.options = state.get("options", {"allow_tf32": bool(state.get("allow_tf32", False)),
+                                             "checkpoint_every_s": None})
 
 
 # --------------------------------------------------------------------------- the sweep
@@ -294,7 +298,7 @@ def run_sweep(plan: Plan, opts: SweepOptions) -> int:
             tuner = tune.Tuner(
                 trainable,
                 tune_config=tune.TuneConfig(search_alg=Packs([[dataclasses.asdict(c) for c in p] for p in plan.packs],
-                                                         opts.allow_tf32),
+                                                         opts.trial_options),
                                             num_samples=len(plan.packs), max_concurrent_trials=opts.max_concurrent,
                                             reuse_actors=True),
                 run_config=tune.RunConfig(

@@ -122,7 +122,8 @@ def synthetic_result(c: TrialConfig, node_time: float) -> dict:
 
 def rehearse_trials(configs: list[TrialConfig], *, done: dict | None = None,
                     phase1: dict[str, dict] | None = None, on_progress=None, stack: bool = False,
-                    max_stack: int | None = None, gpu_fraction: float = 1.0, allow_tf32: bool = False) -> list:
+                    max_stack: int | None = None, gpu_fraction: float = 1.0, allow_tf32: bool = False,
+                    checkpoint_every_s: float | None = None, on_phase=None, in_phase: dict | None = None) -> list:
     """run_trials' contract without training: one synthetic NetworkResult per network, reported in the steps
     a stacked pack reports (one-phase networks after phase 1, two-phase networks after phase 2)."""
     import time

@@ -28,7 +28,7 @@ from imbalance_core.result import HEADLINE
 from imbalance_core.trial import TrialConfig
 
 from . import compat
-from .checkpoint import CHECKPOINT_FIGURES, _save_pack_checkpoint, load_pack_checkpoint
+from .checkpoint import CHECKPOINT_FIGURES, PackProgress
 from .rehearsal import rehearse_trials
 from .run_figures import network_figures
 
@@ -56,13 +56,14 @@ def worker_setup(configs: list[TrialConfig]) -> dict:
             "gpu_ids": [str(g) for g in ray.get_gpu_ids()]}
 
 
-def _run_pack(config: dict, runner) -> None:
-    """One trial: `runner(configs, done=, phase1=, on_progress=, stack=)` (run_trials or rehearse_trials)
-    with checkpointed progress and one final report of every network's result."""
-    import torch
+DEFAULT_CHECKPOINT_EVERY_S = 600.0   # inside a phase: a reclaimed spot node loses at most ~10 minutes of it
 
-    from imbalance_core.methods import get as method_spec
-    from imbalance_core.trial import phase1_key
+
+def _run_pack(config: dict, runner) -> None:
+    """One trial: `runner(configs, done=, phase1=, in_phase=, on_progress=, on_phase=, stack=, ...)` (run_trials
+    or rehearse_trials) with checkpointed progress (after each step, and every config["checkpoint_every_s"]
+    inside a phase) and one final report of every network's result."""
+    import torch
     # Ray Train logs "Checkpoint successfully created at: <path>" at INFO for every report, and Ray streams each
     # such line from the worker to the driver's terminal (two or more per pack: over 9,000 lines at the mnist
     # preset, costing the worker, Ray's log monitor and the driver); the progress line already says it
@@ -72,33 +73,39 @@ def _run_pack(config: dict, runner) -> None:
     configs = [TrialConfig.from_dict(d) for d in config["pack"]]
     setup = worker_setup(configs)
     node = ray.get_runtime_context().get_node_id()
-    done, phase1 = load_pack_checkpoint(tune.get_checkpoint(), configs)
-    resumed_from = len(done)
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is None:
+        progress = PackProgress(configs)
+    else:
+        with checkpoint.as_directory() as d:
+            progress = PackProgress.load(d, configs)
+    resumed_from = len(progress.done)
     last_step: list[int] = []
 
     def report(metrics: dict, trained: list[int], final: bool = False) -> None:
         with tempfile.TemporaryDirectory(prefix="pack-ckpt-") as d:
-            _save_pack_checkpoint(d, configs, done, phase1)
+            progress.save(d)
             if final:                              # the networks' PNGs, drawn here, where the work is parallel
-                for i, r in done.items():
+                for i, r in progress.done.items():
                     network_figures(Path(d) / CHECKPOINT_FIGURES / str(i), r)
-            tune.report({**metrics, "networks_done": len(done), "n_networks": len(configs), "node_id": node,
+            tune.report({**metrics, "networks_done": len(progress.done), "n_networks": len(configs),
+                         "node_id": node,
                          "resumed_from": resumed_from, "trained_now": trained,
                          "worker_device": setup["device"], "worker_stack": setup["stack"]},
                         checkpoint=tune.Checkpoint.from_directory(d))
 
     def on_progress(finished: dict, states: dict[str, dict]) -> None:
-        for i, r in finished.items():
-            done[i] = {**r.to_dict(), "node_id": node}   # which cluster node trained it (an MLflow tag)
-        phase1.update(states)
-        needed = {phase1_key(c) for i, c in enumerate(configs) if i not in done and method_spec(c.method).two_phase}
-        for k in [k for k in phase1 if k not in needed]:
-            del phase1[k]
+        progress.finished(finished, states, node_id=node)   # which cluster node trained it (an MLflow tag)
         last_step[:] = sorted(finished)
-        if len(done) < len(configs):               # the last step is reported with the results, below
+        if len(progress.done) < len(configs):      # the last step is reported with the results, below
             report({}, sorted(finished))
 
-    results = runner(configs, done=done, phase1=phase1, on_progress=on_progress,
+    def on_phase(group: str, state) -> None:
+        progress.phase(group, state)
+        report({}, [])
+
+    results = runner(configs, **progress.resume_args(), on_progress=on_progress, on_phase=on_phase,
+                     checkpoint_every_s=float(config.get("checkpoint_every_s", DEFAULT_CHECKPOINT_EVERY_S)),
                      stack=setup["device"].startswith("cuda"), max_stack=setup["stack"],
                      gpu_fraction=setup["gpu_fraction"], allow_tf32=bool(config.get("allow_tf32", False)))
     report({"final": True, **{f"{k}_mean": statistics.fmean(r[k] for r in results) for k in HEADLINE}}, last_step,

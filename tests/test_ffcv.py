@@ -102,6 +102,28 @@ def test_batches_equal_tensor_loader(mnist, mnist_train, cache):
     assert n == iters
 
 
+@pytest.mark.parametrize("start", [1, 50, 77])        # a chunk's first batch, a chunk edge, mid-chunk and epoch
+def test_a_resumed_loader_yields_the_rest_of_the_batches(mnist, mnist_train, cache, start):
+    """A phase resumed at iteration `start` (checkpoints inside a phase): the FFCV, tensor and torch loaders
+    started there yield exactly the batches start..iterations-1 of the loader started at 0."""
+    sub = make_subset(mnist.train_y, "mnist", "step", 5000, 10, 0.5, seed=3)
+    plans = [SamplingPlan(sub, mnist.train_y, s, seed=3, stream_id=1) for s in ("ros", "rus")]
+    B, iters = 64, 100                                    # rus epoch = 5000 < 100 * 64
+    whole = list(TensorLoader(mnist_train, plans, B, iters))
+    loaders = [F.train_loader(mnist, plans, B, iters, "cpu", cache_dir=cache, chunk_samples=2 * B * 50,
+                              num_workers=1, start=start),
+               TensorLoader(mnist_train, plans, B, iters, start=start),
+               TorchLoader(InMemoryDataset(mnist_train.x, mnist_train.y), plans, B, iters, "cpu",
+                           to_input=mnist_train.to_input, start=start)]
+    for loader in loaders:
+        assert len(loader) == iters - start
+        rest = list(loader)
+        assert len(rest) == iters - start
+        assert all(torch.equal(x, wx) and torch.equal(y, wy) for (x, y), (wx, wy) in zip(rest, whole[start:]))
+    with pytest.raises(ValueError, match="start=100 must be in 0..99"):
+        F.train_loader(mnist, plans, B, iters, "cpu", cache_dir=cache, num_workers=1, start=iters)
+
+
 def test_two_loaders_at_once_and_reuse(mnist, mnist_train, cache):
     """Built Loaders are pooled; a loader iterated while another of the same shape runs gets its own."""
     sub = make_subset(mnist.train_y, "mnist", "step", 5000, 10, 0.5, seed=5)

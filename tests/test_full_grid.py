@@ -380,6 +380,30 @@ def test_packs_searcher_suggests_each_pack_once_in_order_and_resumes_where_it_st
     again.restore(str(tmp_path / "searcher.json"))
     assert [again.suggest(f"t{i}")["pack"] for i in range(2, 6)] == packs[2:]
     assert again.suggest("t6") == Searcher.FINISHED
+    # the sweep's trial options go with every pack and survive a resume
+    opts = {"allow_tf32": True, "checkpoint_every_s": 90.0}
+    told = Packs(packs, opts)
+    assert told.suggest("t0") == {"pack": packs[0], **opts}
+    told.save(str(tmp_path / "told.json"))
+    again = Packs()
+    again.restore(str(tmp_path / "told.json"))
+    assert again.suggest("t1") == {"pack": packs[1], **opts}
+    # a sweep saved before options: its TF32 setting kept, checkpoints between phases only (as it ran)
+    (tmp_path / "old.json").write_text(json.dumps({"packs": packs, "next": 1, "allow_tf32": True}))
+    old = Packs()
+    old.restore(str(tmp_path / "old.json"))
+    assert old.suggest("t1") == {"pack": packs[1], "allow_tf32": True, "checkpoint_every_s": None}
+
+
+def test_checkpoint_every_min_is_told_to_every_trial_and_checked():
+    from sweeps.plan import UsageError, parse_options, _check_resources
+    assert parse_options([]).trial_options == {"allow_tf32": False, "checkpoint_every_s": 600.0}
+    assert parse_options(["--checkpoint-every-min", "2.5", "--allow-tf32"]).trial_options == \
+        {"allow_tf32": True, "checkpoint_every_s": 150.0}
+    assert parse_options(["--checkpoint-every-min", "0"]).trial_options["checkpoint_every_s"] is None
+    for bad in ("-1", "nan", "inf"):
+        with pytest.raises(UsageError, match=f"--checkpoint-every-min {bad} is not allowed: need minutes >= 0"):
+            _check_resources(parse_options(["--checkpoint-every-min", bad]))
 
 
 def test_a_sweep_keeps_as_many_trials_pending_as_tunes_grid_search(monkeypatch):

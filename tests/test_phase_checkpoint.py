@@ -6,6 +6,8 @@ fall inside and at the edge of the loader's 32-step index blocks and across an e
 from __future__ import annotations
 
 import dataclasses
+import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,6 +21,7 @@ from imbalance_core.sampling import SamplingPlan
 from imbalance_core.specs import DATASETS
 from imbalance_core.train import StackedNets, train
 
+ROOT = Path(__file__).resolve().parents[1]
 ITERS = 40                           # 40 x 16 = 640 draws: more than one epoch of the 400-image RUS set
 
 
@@ -106,3 +109,168 @@ def test_checkpoints_come_at_the_interval_asked():
     seen.clear()
     train(nets, data, s, checkpoint_every_s=3600, on_checkpoint=lambda st: seen.append(st.done))
     assert seen == []                                      # none within the hour
+
+
+# --------------------------------------------------------------------------- the pack (run_trials, the trainable)
+# A pack cut inside a phase and resumed from its checkpoints (run_trials' on_progress / on_phase, kept and
+# saved by the trainable's PackProgress) ends with the results of the pack run through.
+
+PACK = dict(dataset="mnist-sample", imbalance="step", rho=10, mu=0.5, iterations=24, batch_size=16, device="cpu")
+PACK_METHODS = ("baseline", "ros", "two-phase-ros")       # phase 1: baseline, ros (shared); phase 2: 2-ph ROS
+TIMING = {"train_seconds", "images_per_second", "pack_seconds", "started_at", "ended_at"}
+
+
+def untimed(r) -> dict:
+    return {k: v for k, v in (r if isinstance(r, dict) else r.to_dict()).items() if k not in TIMING}
+
+
+def pack_configs():
+    return [T.TrialConfig(**PACK, method=m, seed=0) for m in PACK_METHODS]
+
+
+def run_pack(progress, cut: int | None = None, **kw):
+    """run_trials with every checkpoint kept in `progress` (PackProgress, as the trainable keeps it), cut off
+    (Cut) at the `cut`-th checkpoint inside a phase. Returns (results or None, [(group, done) per on_phase])."""
+    calls = []
+
+    def on_phase(group, state):
+        progress.phase(group, state)
+        calls.append((json.loads(group)[0], state.done))
+        if len(calls) == cut:
+            raise Cut()
+    try:
+        results = T.run_trials(progress.configs, **progress.resume_args(), checkpoint_every_s=0,
+                               on_progress=progress.finished, on_phase=on_phase, **kw)
+    except Cut:
+        return None, calls
+    return results, calls
+
+
+@pytest.fixture(scope="module")
+def through():
+    """The pack run through: CPU one network after another, and stacked, with phase 2 on the whole network."""
+    from sweeps.checkpoint import PackProgress
+    out = {}
+    for stack in (False, True):
+        results, calls = run_pack(PackProgress(pack_configs()), stack=stack, cache_features=False)
+        out[stack] = ([untimed(r) for r in results], calls)
+    return out
+
+
+@pytest.mark.parametrize("stack", [False, True], ids=["one-by-one", "stacked"])
+@pytest.mark.parametrize("where", ["phase 1", "phase 1 late", "phase 2"])
+def test_a_pack_cut_inside_a_phase_resumes_there_and_ends_bit_identical(through, stack, where):
+    from sweeps.checkpoint import PackProgress
+    results, calls = through[stack]
+    n1 = sum(1 for ph, _ in calls if ph == 1)
+    assert (n1, len(calls) - n1) == ((2 if not stack else 1) * 23, 23)    # every iteration but each phase's last
+    cut = {"phase 1": 5, "phase 1 late": n1 - 2, "phase 2": n1 + 11}[where]
+    progress = PackProgress(pack_configs())
+    cut_results, seen = run_pack(progress, cut, stack=stack, cache_features=False)
+    assert cut_results is None and seen == calls[:cut]
+    assert len(progress.in_phase) == 1                           # the group in training, at the cut
+    phase, done_at = calls[cut - 1]
+    # across a process boundary: the checkpoint as saved and loaded (torch.save / weights_only load)
+    again = PackProgress.load(save_to(progress), pack_configs())
+    resumed, after = run_pack(again, stack=stack, cache_features=False)
+    assert after[0] == (phase, done_at + 1)                      # taken up where it was cut, not at 0
+    assert [untimed(r) for r in resumed] == results              # every metric, bit for bit
+
+
+_saved = iter(range(10 ** 6))
+
+
+def save_to(progress):
+    import tempfile
+    d = tempfile.mkdtemp(prefix=f"pack-ckpt-{next(_saved)}-")
+    progress.save(d)
+    return d
+
+
+def test_a_phase_state_of_another_group_is_not_taken_up(through):
+    """Resumed with another stack size (another GPU, a halved group), a group's members differ: the state of
+    the cut group is not taken up (its phase starts over) and the results are still the pack's."""
+    from sweeps.checkpoint import PackProgress
+    results, calls = through[True]
+    progress = PackProgress(pack_configs())
+    run_pack(progress, 5, stack=True, cache_features=False)            # cut in the stacked phase 1 (2 nets)
+    resumed, after = run_pack(progress, stack=False, cache_features=False)   # one by one: other groups
+    assert after[0] == (1, 1)
+    assert [untimed(r) for r in resumed] == [{**r, "stack_size": 1} for r in through[False][0]]
+
+
+KILL_CHILD = r"""
+import json, os, sys, time
+import torch
+torch.set_num_threads(1)
+from imbalance_core import trial as T
+from sweeps.checkpoint import PackProgress
+args = json.loads(sys.argv[1])
+configs = [T.TrialConfig(**c) for c in args["configs"]]
+root = args["root"]
+n = [0]
+def save(progress):
+    n[0] += 1
+    tmp = os.path.join(root, f".tmp-{n[0]:05d}")
+    os.makedirs(tmp)
+    progress.save(tmp)
+    os.rename(tmp, os.path.join(root, f"ckpt-{n[0]:05d}"))     # whole, or not there
+if args["resume_from"]:
+    progress = PackProgress.load(args["resume_from"], configs)
+else:
+    progress = PackProgress(configs)
+calls = []
+def on_progress(fin, states):
+    progress.finished(fin, states)
+    save(progress)
+def on_phase(group, state):
+    progress.phase(group, state)
+    save(progress)
+    calls.append([json.loads(group)[0], state.done])
+    if len(calls) == args["hang_at"]:
+        open(os.path.join(root, "hanging"), "w").close()
+        time.sleep(600)                                        # killed here
+results = T.run_trials(configs, **progress.resume_args(), on_progress=on_progress, on_phase=on_phase,
+                       checkpoint_every_s=0, stack=True, cache_features=False)
+json.dump({"results": [r.to_dict() for r in results], "calls": calls}, open(os.path.join(root, "out.json"), "w"))
+"""
+
+
+@pytest.mark.slow                     # three processes: the full suite's, not the unit route's
+def test_a_pack_killed_inside_a_phase_resumes_from_its_last_checkpoint_bit_identical(tmp_path):
+    """A real kill (SIGKILL, mid-phase 2 of a stacked pack, after its phase-1 networks finished) of a process
+    saving its checkpoints as the trainable does; a new process resumes from the last whole one. Its
+    results equal those of a third process that ran the pack through (all single-threaded)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    configs = [dataclasses.asdict(c) for c in pack_configs()]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+
+    def child(root, hang_at=0, resume_from=None):
+        root.mkdir()
+        arg = json.dumps({"configs": configs, "root": str(root), "hang_at": hang_at, "resume_from": resume_from})
+        return subprocess.Popen([sys.executable, "-c", KILL_CHILD, arg], env=env, cwd=str(ROOT),
+                                start_new_session=True)
+
+    killed = child(tmp_path / "killed", hang_at=23 + 7)          # phase 1 (23 checkpoints), then 7 into phase 2
+    t0 = time.time()
+    while not (tmp_path / "killed" / "hanging").exists():
+        assert killed.poll() is None, "the pack ended before it reached the cut"
+        assert time.time() - t0 < 300
+        time.sleep(0.2)
+    os.killpg(killed.pid, signal.SIGKILL)
+    killed.wait()
+    last = sorted((tmp_path / "killed").glob("ckpt-*"))[-1]
+    from sweeps.checkpoint import PackProgress
+    saved = PackProgress.load(last, pack_configs())
+    assert sorted(saved.done) == [0, 1] and len(saved.phase1) == 1 and len(saved.in_phase) == 1
+    assert json.loads(next(iter(saved.in_phase)))[0] == 2 and next(iter(saved.in_phase.values()))["done"] == 7
+    resumed, plain = child(tmp_path / "resumed", resume_from=str(last)), child(tmp_path / "through")
+    assert resumed.wait(300) == 0 and plain.wait(300) == 0
+    a = json.loads((tmp_path / "resumed" / "out.json").read_text())
+    b = json.loads((tmp_path / "through" / "out.json").read_text())
+    assert a["calls"][0] == [2, 8]                              # phase 2 taken up after its 7th iteration
+    assert [untimed(r) for r in a["results"]] == [untimed(r) for r in b["results"]]
