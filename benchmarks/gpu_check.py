@@ -20,6 +20,9 @@ rewritten after every section, so a run cut off by its time limit still returns 
               network's masks from its own seed: train.StackedNets noise_seeds) and eval (softmax of the same weights); in full fp32 and with
               the precision flags as they are (cuDNN convolutions in TF32 by default)
   oom         packing.halve_on_oom on a real out-of-memory (All-CNN-C stacks under a small per-process budget)
+  resume      a stacked LeNet-5 pack mixing losses (baseline, ROS, LA, CB-focal, two-phase ROS on the whole
+              network: losses.stacked on CUDA) cut inside phase 1 and inside phase 2 by a checkpoint inside a
+              phase (run_trials' on_phase) and resumed from it: every metric equal to the pack run through
   packs       trial.run_trials, several packs in one process: two short probe packs (time per iteration), then
               the LeNet-5 pack at the paper's 10,000 iterations on the whole GPU and again under a 24 GB budget
               (torch.cuda.set_per_process_memory_fraction: an A10G), each network's AUC against the CPU run of
@@ -114,7 +117,8 @@ CPU_PROFILE = Profile(
     equality_steps=2, equality_batch={"lenet5": 8, "allcnnc": 2, "resnet10": 2}, timed_s=0.0, min_steps=2,
     max_steps=2, pack_iterations=5, pack_cells=(("step", 10.0, 0.5),),
     pack_methods=("baseline", "ros", "two-phase-ros"), pack_seeds=(0,), pack_n_per_class=None,
-    pack_dataset="mnist-sample", probe_iterations=(), oom_model="lenet5", oom_members=6)
+    pack_dataset="mnist-sample", probe_iterations=(), oom_model="lenet5", oom_members=6,
+    extra={"resume_iterations": 9})
 
 
 # --------------------------------------------------------------------------- plumbing
@@ -535,6 +539,62 @@ def section_oom(dev, prof, budget, data_dir) -> dict:
     return out
 
 
+class _Cut(Exception):
+    pass
+
+
+def section_resume(dev, prof, budget, data_dir) -> dict:
+    """A stacked pack cut inside a phase (run_trials' on_phase) and resumed from its state: bit-identical?"""
+    from imbalance_core.trial import TrialConfig, run_trials
+    iterations = prof.extra.get("resume_iterations", 400)
+    methods = ("baseline", "ros", "la-loss", "cb-focal", "two-phase-ros")
+    configs = [TrialConfig(dataset=prof.pack_dataset, data_dir=str(data_dir) if prof.pack_dataset == "mnist" else None,
+                           imbalance="step", rho=100.0, mu=0.5, method=m, seed=0, iterations=iterations,
+                           n_per_class=prof.pack_n_per_class, device=prof.device) for m in methods]
+    timing = {"train_seconds", "images_per_second", "pack_seconds", "started_at", "ended_at"}
+
+    def pack(cut=None, given=None, progress=None):
+        seen, steps = [], {"done": {}, "phase1": {}}
+
+        def on_phase(group, state):
+            seen.append((json.loads(group)[0], state.done))
+            if cut is not None and seen[-1] == cut:
+                raise _Cut(group, state)
+
+        def on_progress(fin, p1):
+            steps["done"].update(fin)
+            steps["phase1"].update(p1)
+        kw = dict(stack=True, cache_features=False, checkpoint_every_s=0, on_phase=on_phase, on_progress=on_progress)
+        try:
+            results = run_trials(configs, **kw, **(given or {}))
+        except _Cut as e:
+            group, state = e.args
+            return None, seen, {**steps, "in_phase": {group: state.to_dict()}}
+        return [{k: v for k, v in _as_dict(r).items() if k not in timing} for r in results], seen, steps
+
+    t0 = time.perf_counter()
+    through, seen, _ = pack()
+    out = {"networks": len(configs), "methods": list(methods), "iterations": iterations,
+           "through_seconds": time.perf_counter() - t0, "groups": sorted({g for g, _ in seen}), "cuts": []}
+    budget.save(out)
+    for cut in ((1, iterations // 3), (2, iterations // 2)):
+        if budget.left() < 3 * out["through_seconds"] + 20:
+            out["cuts"].append({"at": list(cut), "status": "skipped: time"})
+            continue
+        _, _, given = pack(cut)
+        resumed, after, _ = pack(given={"done": given["done"], "phase1": given["phase1"],
+                                        "in_phase": given["in_phase"]})
+        diff = {c.method: sorted(k for k in r if r[k] != t.get(k)) for c, r, t in zip(configs, resumed, through)}
+        out["cuts"].append({"at": list(cut), "resumed_at": list(after[0]) if after else None,
+                            "identical": all(not d for d in diff.values()),
+                            "differing_fields": {m: d for m, d in diff.items() if d},
+                            "auc_through": [t["auc"] for t in through], "auc_resumed": [r["auc"] for r in resumed]})
+        budget.save(out)
+    done = [c for c in out["cuts"] if "identical" in c]
+    out["ok"] = bool(done) and all(c["identical"] and c["resumed_at"] == [c["at"][0], c["at"][1] + 1] for c in done)
+    return out
+
+
 def load_cpu_results(path: Path = CPU_RESULTS) -> dict[tuple, dict]:
     """{(imbalance, rho, mu, method, level, seed): {"auc", "accuracy", ...}} of the CPU run (read only)."""
     out = {}
@@ -660,7 +720,7 @@ def section_packs(dev, prof, budget, data_dir, reserve_s=150.0) -> dict:
 
 
 SECTIONS = [("env", section_env), ("memory", section_memory), ("equality", section_equality), ("oom", section_oom),
-            ("packs", section_packs), ("budget24", section_budget24), ("throughput", section_throughput)]
+            ("resume", section_resume), ("packs", section_packs), ("budget24", section_budget24), ("throughput", section_throughput)]
 
 
 def run_check(out_path: Path, cpu: bool, budget_s: float, data_dir: Path, only: list[str] | None = None) -> int:
@@ -713,6 +773,8 @@ def summarize(r: dict) -> dict:
     s["equality_ok"] = {m: {r: eq[m][r]["ok"] for r in eq[m] if r != "ok"} for m in NETS if m in eq}
     if "oom" in r:
         s["oom_ok"] = r["oom"].get("ok")
+    if "resume" in r:
+        s["resume_ok"] = r["resume"].get("ok")
     for p in r.get("packs", {}).get("packs", []):
         s[f"pack {p['name']}"] = {k: p.get(k) for k in ("networks", "iterations", "seconds", "planned_stack",
                                                          "peak_bytes", "mean_abs_auc_diff", "max_abs_auc_diff")}

@@ -25,7 +25,8 @@ def dry_run(tmp_path_factory):
 def test_every_section_runs(dry_run):
     r, stdout = dry_run
     assert r["mode"] == "cpu-dry-run" and r["schema"] == 1
-    assert r["sections"] == {s: "ok" for s in ("env", "memory", "equality", "oom", "packs", "budget24", "throughput")}
+    assert r["sections"] == {s: "ok" for s in ("env", "memory", "equality", "oom", "resume", "packs", "budget24",
+                                                  "throughput")}
     assert all(r[s]["status"] == "ok" and r[s]["seconds"] >= 0 for s in r["sections"])
     assert r["summary"]["sections"] == r["sections"] and "[gpu_check] packs: ok" in stdout
     assert r["env"]["torch"] and "cudnn.allow_tf32" in r["env"]["flags"]
@@ -39,6 +40,18 @@ def test_stacked_equals_alone_for_all_three_models(dry_run):
         run = eq[m]["default_flags"]
         assert run["train"]["max_diff_relative_to_update"] < 1e-3 and run["eval"]["max_abs_softmax_diff"] < 1e-5
         assert run["eval"]["argmax_agreement"] == 1.0
+
+
+def test_a_stacked_pack_cut_inside_each_phase_resumes_bit_identical(dry_run):
+    """The section the device run repeats on CUDA: a stacked pack of mixed losses, cut inside phase 1 and inside
+    phase 2 and resumed from the cut's state, equals the pack run through in every field."""
+    r = dry_run[0]["resume"]
+    assert r["ok"] and r["groups"] == [1, 2] and r["networks"] == 5
+    assert [c["at"] for c in r["cuts"]] == [[1, 3], [2, 4]]
+    for c in r["cuts"]:
+        assert c["identical"] and c["differing_fields"] == {} and c["resumed_at"] == [c["at"][0], c["at"][1] + 1]
+        assert c["auc_resumed"] == c["auc_through"]
+    assert dry_run[0]["summary"]["resume_ok"] is True
 
 
 def test_throughput_rows_per_model_and_stack(dry_run):
