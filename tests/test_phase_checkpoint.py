@@ -157,8 +157,9 @@ def through():
     return out
 
 
-@pytest.mark.parametrize("stack", [False, True], ids=["one-by-one", "stacked"])
-@pytest.mark.parametrize("where", ["phase 1", "phase 1 late", "phase 2"])
+@pytest.mark.parametrize("stack, where", [(False, "phase 1"), (False, "phase 2"), (True, "phase 1 late"),
+                                          (True, "phase 2")],
+                         ids=["one-by-one-phase-1", "one-by-one-phase-2", "stacked-phase-1-late", "stacked-phase-2"])
 def test_a_pack_cut_inside_a_phase_resumes_there_and_ends_bit_identical(through, stack, where):
     from sweeps.checkpoint import PackProgress
     results, calls = through[stack]
