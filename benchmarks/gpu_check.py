@@ -545,7 +545,7 @@ class _Cut(Exception):
 
 def section_resume(dev, prof, budget, data_dir) -> dict:
     """A stacked pack cut inside a phase (run_trials' on_phase) and resumed from its state: bit-identical?"""
-    from imbalance_core.trial import TrialConfig, run_trials
+    from imbalance_core.trial import Progress, TrialConfig, run_trials
     iterations = prof.extra.get("resume_iterations", 400)
     methods = ("baseline", "ros", "la-loss", "cb-focal", "two-phase-ros")
     configs = [TrialConfig(dataset=prof.pack_dataset, data_dir=str(data_dir) if prof.pack_dataset == "mnist" else None,
@@ -553,27 +553,25 @@ def section_resume(dev, prof, budget, data_dir) -> dict:
                            n_per_class=prof.pack_n_per_class, device=prof.device) for m in methods]
     timing = {"train_seconds", "images_per_second", "pack_seconds", "started_at", "ended_at"}
 
-    def pack(cut=None, given=None, progress=None):
-        seen, steps = [], {"done": {}, "phase1": {}}
+    def pack(progress: Progress, cut=None):
+        """The pack from `progress` (what run_trials' callbacks kept: a sweep's checkpoint), cut by an
+        exception at on_phase's (phase, iterations done) == cut; the results, or None where it was cut."""
+        seen = []
 
         def on_phase(group, state):
+            progress.phase(group, state)
             seen.append((json.loads(group)[0], state.done))
             if cut is not None and seen[-1] == cut:
-                raise _Cut(group, state)
-
-        def on_progress(fin, p1):
-            steps["done"].update(fin)
-            steps["phase1"].update(p1)
-        kw = dict(stack=True, cache_features=False, checkpoint_every_s=0, on_phase=on_phase, on_progress=on_progress)
+                raise _Cut()
         try:
-            results = run_trials(configs, **kw, **(given or {}))
-        except _Cut as e:
-            group, state = e.args
-            return None, seen, {**steps, "in_phase": {group: state.to_dict()}}
-        return [{k: v for k, v in _as_dict(r).items() if k not in timing} for r in results], seen, steps
+            results = run_trials(configs, **progress.resume_args(), stack=True, cache_features=False,
+                                 checkpoint_every_s=0, on_phase=on_phase, on_progress=progress.finished)
+        except _Cut:
+            return None, seen
+        return [{k: v for k, v in _as_dict(r).items() if k not in timing} for r in results], seen
 
     t0 = time.perf_counter()
-    through, seen, _ = pack()
+    through, seen = pack(Progress(configs))
     out = {"networks": len(configs), "methods": list(methods), "iterations": iterations,
            "through_seconds": time.perf_counter() - t0, "groups": sorted({g for g, _ in seen}), "cuts": []}
     budget.save(out)
@@ -581,9 +579,9 @@ def section_resume(dev, prof, budget, data_dir) -> dict:
         if budget.left() < 3 * out["through_seconds"] + 20:
             out["cuts"].append({"at": list(cut), "status": "skipped: time"})
             continue
-        _, _, given = pack(cut)
-        resumed, after, _ = pack(given={"done": given["done"], "phase1": given["phase1"],
-                                        "in_phase": given["in_phase"]})
+        progress = Progress(configs)
+        pack(progress, cut)
+        resumed, after = pack(progress)
         diff = {c.method: sorted(k for k in r if r[k] != t.get(k)) for c, r, t in zip(configs, resumed, through)}
         out["cuts"].append({"at": list(cut), "resumed_at": list(after[0]) if after else None,
                             "identical": all(not d for d in diff.values()),

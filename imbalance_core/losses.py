@@ -147,6 +147,7 @@ def stacked(losses: list[LossFn], device) -> Callable | None:
     weight_from = per("weight_from", torch.int64)
     has_margin = any(t.margin is not None for t in terms)
     focal = any(t.gamma != 0 for t in terms)
+    one = torch.ones((), device=dev)
     rows: dict[str, torch.Tensor] = {}
 
     def row(name: str, default: float, C: int) -> torch.Tensor:        # (K, C), built at the first call
@@ -162,7 +163,7 @@ def stacked(losses: list[LossFn], device) -> Callable | None:
             z = z - F.one_hot(y, C).to(z.dtype) * row("margin", 0.0, C).gather(1, y)[..., None]
         logp = F.log_softmax(scale[:, None, None] * z, dim=-1).gather(-1, y[..., None])[..., 0]   # (K, B)
         on = weight_from <= t                                                           # (K,): weights apply
-        w = torch.where(on[:, None], row("weight", 1.0, C).gather(1, y), torch.ones((), device=dev))
+        w = torch.where(on[:, None], row("weight", 1.0, C).gather(1, y), one)
         term = w * -logp
         if focal:
             term = term * (1 - logp.exp()).pow(gamma[:, None])

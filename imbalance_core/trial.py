@@ -401,6 +401,39 @@ class Resume:
                 if k in self.phase1 and all(i in two for i in members)}
 
 
+@dataclass
+class Progress:
+    """A pack's progress as run_trials reports it, kept by its callbacks (`finished`: on_progress; `phase`:
+    on_phase) and given back to resume (`resume_args`). A sweep writes it into each checkpoint
+    (sweeps.checkpoint.PackProgress); benchmarks/gpu_check.py keeps it in memory."""
+    configs: list[TrialConfig]
+    done: dict[int, dict] = dataclasses.field(default_factory=dict)       # index -> result dict
+    phase1: dict[str, dict] = dataclasses.field(default_factory=dict)     # phase1_key -> Phase1Net.checkpoint()
+    in_phase: dict[str, dict] = dataclasses.field(default_factory=dict)   # group -> PhaseState.to_dict() (one at most)
+
+    def finished(self, results: dict, states: dict[str, dict], **tags) -> None:
+        """A step ended (on_progress): its finished networks' results (with `tags`, e.g. the node), the phase-1
+        states it trained; phase-1 states no unfinished network needs are dropped, and so is the state inside
+        the phase that just ended."""
+        for i, r in results.items():
+            self.done[i] = {**r.to_dict(), **tags}
+        self.phase1.update(states)
+        needed = {phase1_key(c) for i, c in enumerate(self.configs)
+                  if i not in self.done and M.get(c.method).two_phase}
+        for k in [k for k in self.phase1 if k not in needed]:
+            del self.phase1[k]
+        self.in_phase.clear()
+
+    def phase(self, group: str, state) -> None:
+        """A checkpoint inside a phase (on_phase): the group's state replaces any earlier one."""
+        self.in_phase.clear()
+        self.in_phase[group] = state.to_dict()
+
+    def resume_args(self) -> dict:
+        """run_trials' done=, phase1= and in_phase= from this progress."""
+        return {"done": self.done, "phase1": self.phase1, "in_phase": self.in_phase}
+
+
 @dataclass(frozen=True)
 class PackRun:
     """A pack as it trains: its configs and plan, what its networks share (`pack`), each network's spec and

@@ -20,7 +20,7 @@ import dataclasses
 import json
 from pathlib import Path
 
-from imbalance_core.trial import TrialConfig
+from imbalance_core.trial import Progress, TrialConfig
 
 from .run_figures import NETWORK_FIGURES
 from .tracking import dumps
@@ -56,14 +56,9 @@ def pack_outputs(result: dict, checkpoint):
                for i, r in enumerate(_results_in(d))]
 
 
-@dataclasses.dataclass
-class PackProgress:
-    """A pack's progress as its checkpoint holds it, kept by run_trials' callbacks (`finished`: on_progress;
-    `phase`: on_phase) and written by `save` (the trainable: into a Tune checkpoint after each)."""
-    configs: list[TrialConfig]
-    done: dict[int, dict] = dataclasses.field(default_factory=dict)       # index -> result dict
-    phase1: dict[str, dict] = dataclasses.field(default_factory=dict)     # phase1_key -> Phase1Net.checkpoint()
-    in_phase: dict[str, dict] = dataclasses.field(default_factory=dict)   # group -> PhaseState.to_dict() (one)
+class PackProgress(Progress):
+    """A pack's progress (imbalance_core.trial.Progress: kept by run_trials' callbacks) as its checkpoint holds
+    it: `save` writes it (the trainable: into a Tune checkpoint after each step), `load` reads it back."""
 
     @classmethod
     def load(cls, folder, configs: list[TrialConfig]) -> "PackProgress":
@@ -88,27 +83,3 @@ class PackProgress:
             torch.save(self.phase1, Path(folder) / CHECKPOINT_PHASE1)
         if self.in_phase:
             torch.save(self.in_phase, Path(folder) / CHECKPOINT_IN_PHASE)
-
-    def finished(self, results: dict, states: dict[str, dict], **tags) -> None:
-        """A step ended (on_progress): its finished networks' results (with `tags`, e.g. the node), the phase-1
-        states it trained; phase-1 states no unfinished network needs are dropped, and so is the state inside
-        the phase that just ended."""
-        from imbalance_core.methods import get as method_spec
-        from imbalance_core.trial import phase1_key
-        for i, r in results.items():
-            self.done[i] = {**r.to_dict(), **tags}
-        self.phase1.update(states)
-        needed = {phase1_key(c) for i, c in enumerate(self.configs)
-                  if i not in self.done and method_spec(c.method).two_phase}
-        for k in [k for k in self.phase1 if k not in needed]:
-            del self.phase1[k]
-        self.in_phase.clear()
-
-    def phase(self, group: str, state) -> None:
-        """A checkpoint inside a phase (on_phase): the group's state replaces any earlier one."""
-        self.in_phase.clear()
-        self.in_phase[group] = state.to_dict()
-
-    def resume_args(self) -> dict:
-        """run_trials' done=, phase1= and in_phase= from this progress."""
-        return {"done": self.done, "phase1": self.phase1, "in_phase": self.in_phase}

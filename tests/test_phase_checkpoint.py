@@ -160,7 +160,7 @@ def through():
 @pytest.mark.parametrize("stack, where", [(False, "phase 1"), (False, "phase 2"), (True, "phase 1 late"),
                                           (True, "phase 2")],
                          ids=["one-by-one-phase-1", "one-by-one-phase-2", "stacked-phase-1-late", "stacked-phase-2"])
-def test_a_pack_cut_inside_a_phase_resumes_there_and_ends_bit_identical(through, stack, where):
+def test_a_pack_cut_inside_a_phase_resumes_there_and_ends_bit_identical(through, stack, where, tmp_path):
     from sweeps.checkpoint import PackProgress
     results, calls = through[stack]
     n1 = sum(1 for ph, _ in calls if ph == 1)
@@ -172,20 +172,11 @@ def test_a_pack_cut_inside_a_phase_resumes_there_and_ends_bit_identical(through,
     assert len(progress.in_phase) == 1                           # the group in training, at the cut
     phase, done_at = calls[cut - 1]
     # across a process boundary: the checkpoint as saved and loaded (torch.save / weights_only load)
-    again = PackProgress.load(save_to(progress), pack_configs())
+    progress.save(tmp_path)
+    again = PackProgress.load(tmp_path, pack_configs())
     resumed, after = run_pack(again, stack=stack, cache_features=False)
     assert after[0] == (phase, done_at + 1)                      # taken up where it was cut, not at 0
     assert [untimed(r) for r in resumed] == results              # every metric, bit for bit
-
-
-_saved = iter(range(10 ** 6))
-
-
-def save_to(progress):
-    import tempfile
-    d = tempfile.mkdtemp(prefix=f"pack-ckpt-{next(_saved)}-")
-    progress.save(d)
-    return d
 
 
 def test_a_phase_state_of_another_group_is_not_taken_up(through):
