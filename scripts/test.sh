@@ -3,7 +3,10 @@
 #   bash scripts/test.sh            everything, integration tests included (Ray clusters, servers, a browser)
 #   bash scripts/test.sh --unit     the tests that need no Ray cluster, server, browser or long training
 #                                   (under 2 minutes on 2 cores; no set-up beyond .venv/)
-# Other arguments go to pytest.
+# Other arguments go to pytest. The whole suite runs its test files on IMBALANCE_TEST_WORKERS pytest-xdist
+# workers (default 2; 0 = one process): its end-to-end tests spend much of their time waiting on Ray, servers
+# and subprocesses (one process kept 2 cores 40% busy), so two files at a time fill the cores. A file's tests
+# stay on one worker (--dist loadfile): its module fixtures (a Ray cluster, a server, a sweep) start once.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
@@ -14,4 +17,4 @@ if [ "${1:-}" = "--unit" ]; then
 fi
 bash scripts/setup.sh
 bash scripts/install_chromium.sh   # the MLflow UI test renders the UI in headless Chromium
-exec .venv/bin/python -m pytest -q "$@"
+exec .venv/bin/python -m pytest -q -n "${IMBALANCE_TEST_WORKERS:-2}" --dist loadfile "$@"

@@ -215,7 +215,7 @@ def free_ports(n: int) -> list[int]:
     try:
         for _ in range(n):
             s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            s.bind(("", 0))
+            s.bind(("127.0.0.1", 0))
             socks.append(s)
             ports.append(s.getsockname()[1])
     finally:
