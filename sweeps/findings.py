@@ -587,14 +587,19 @@ def deviations(runs: list[dict]) -> list[str]:
     return out + list(STANDING_DEVIATIONS)
 
 
+def summary_table(results) -> str:
+    """The verdicts as one markdown table (finding, verdict, the rule with its counts): findings.md's and the
+    pages' READMEs' (`sweeps.publish.readme_blocks`)."""
+    return "\n".join(["| finding | verdict | rule |", "|---|---|---|"] +
+                     [f"| {f} | **{v}** | {rule} |" for f, v, rule, _ in results])
+
+
 def write_markdown(results, sweep: str, path: Path, preamble: str = "", runs: list[dict] | None = None) -> None:
     out = [f"# The paper's findings, checked against sweep `{sweep}`", "", preamble, ""]
     if runs is not None:
         out += ["## How this run differs from the paper's protocol", ""] + [f"- {d}" for d in deviations(runs)] + [""]
     out += ["## How verdicts are decided", "", __doc__.split("The rules, stated once here and on every page:")[1]
-            .split("Nothing is tuned")[0].strip(), "",
-            "| finding | verdict | rule |", "|---|---|---|"]
-    out += [f"| {f} | **{v}** | {rule} |" for f, v, rule, _ in results]
+            .split("Nothing is tuned")[0].strip(), "", summary_table(results)]
     for f, v, rule, lines in results:
         out += ["", f"## {f}: {v}", "", rule + ".", ""] + [f"- {ln}" for ln in lines]
     path.parent.mkdir(parents=True, exist_ok=True)

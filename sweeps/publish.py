@@ -274,8 +274,8 @@ BLOCK = re.compile(r"(<!-- BEGIN generated (\w+)[^>]*-->\n).*?(<!-- END generate
 def readme_blocks(meta: dict, runs: list[dict]) -> dict[str, str]:
     """The generated blocks of a page's README, from its store's runs (no number copied by hand):
     `status` (networks in the store, and of the preset's plan when page.json names a `preset`), `findings`
-    (each check's verdict, as findings.md decides it), `headline` (ranked.md's sections of the cells page.json
-    names as `headline`, one title or a list, e.g. "mnist: step, rho 1000, mu 0.5")."""
+    (findings.md's table: each check's verdict and its rule with the counts), `headline` (ranked.md's sections
+    of the cells page.json names as `headline`, one title or a list, e.g. "mnist: step, rho 1000, mu 0.5")."""
     from sweeps import findings, grids, report
     from sweeps.grids import cell_of
     blocks = {}
@@ -297,7 +297,7 @@ def readme_blocks(meta: dict, runs: list[dict]) -> dict[str, str]:
         status += ["", "| cell | networks in the store / planned |", "|---|---|"]
         status += [f"| {k} | {d} / {t} |" for k, (d, t) in by_block.items()]
     blocks["status"] = "\n".join(status)
-    blocks["findings"] = "\n".join(f"- {title}: **{verdict}**" for title, verdict, _, _ in findings.findings(runs))
+    blocks["findings"] = findings.summary_table(findings.findings(runs))
     if meta.get("headline"):
         wanted = [meta["headline"]] if isinstance(meta["headline"], str) else list(meta["headline"])
         sections = {s.split("\n", 1)[0].strip(): s.strip()

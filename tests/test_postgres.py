@@ -309,13 +309,23 @@ def test_two_sweeps_at_once_each_log_their_networks_exactly_once(server, ray_loc
 
 
 def _kill_after_first_logged(monkeypatch, server, restart_after_s: float | None, seen: dict, sweep: str):
-    """Kill the server as soon as the first network is in MLflow (more results are still to come);
-    start it again `restart_after_s` later (in the background), or leave it away (None)."""
+    """Kill the server as soon as the first network is in MLflow (more results are still to come); start it
+    again (in the background) `restart_after_s` after a progress line has said that MLflow is away (so the
+    outage is seen whatever the machine's speed: a fixed delay let a loaded machine's next result arrive
+    after the server was back), or leave it away (None)."""
     from sweeps.logging_process import LoggingProcess
     real = LoggingProcess.log_networks                # the driver's side of its logging process (a trial's networks)
-    done = threading.Event()
+    real_line = full_grid.Progress._line
+    done, said_away = threading.Event(), threading.Event()
+
+    def line(self, trials):
+        out = real_line(self, trials)
+        if done.is_set() and "MLflow unreachable for" in out:
+            said_away.set()
+        return out
 
     def restart():
+        said_away.wait(timeout=300)
         time.sleep(restart_after_s)
         seen["restart_called"] = time.monotonic()
         server.start()
@@ -334,6 +344,7 @@ def _kill_after_first_logged(monkeypatch, server, restart_after_s: float | None,
         return out
 
     monkeypatch.setattr(LoggingProcess, "log_networks", log_networks)
+    monkeypatch.setattr(full_grid.Progress, "_line", line)
 
 
 def test_server_killed_while_results_arrive_loses_nothing(server, ray_local, tmp_path, monkeypatch):

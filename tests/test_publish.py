@@ -14,7 +14,7 @@ from imbalance_core import datasets as D
 from imbalance_core.trial import TrialConfig
 from sweeps import findings, plan, report
 from sweeps.packs import pack
-from sweeps.publish import _old_key, absolute_paths, make_portable, relative_location
+from sweeps.publish import BLOCK, _old_key, absolute_paths, make_portable, regenerate, relative_location
 from sweeps.tracking import Tracker, trial_key
 from sweeps.rehearsal import synthetic_result
 
@@ -167,6 +167,30 @@ def test_a_new_sweep_leaves_out_the_networks_its_store_holds(tmp_path):
     assert dropped == 4 and left.n_networks == len(configs) - 4
     assert [c for pk in left.packs for c in pk] == configs[4:]                       # order kept
     assert left.n_trials == len(left.packs) == 3 and all(left.packs)                # the emptied pack is gone
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("page", sorted(p.parent.name for p in (ROOT / "docs" / "results").glob("*/page.json")))
+def test_a_published_page_says_exactly_what_its_store_says(page, tmp_path):
+    """Regenerated from its own store in another folder, every text file of a published page (its tables,
+    ranked comparisons, findings and its README's generated blocks: status, findings, headline) comes out byte
+    for byte as committed: no number on it is stale or copied by hand."""
+    src = ROOT / "docs" / "results" / page
+    dst = tmp_path / "another" / page
+    shutil.copytree(src, dst)
+    readme = dst / "README.md"
+    stale = readme.read_text()
+    for block in {m.group(2) for m in BLOCK.finditer(stale)}:   # each generated block made stale: rewritten
+        begin = stale.index(f"<!-- BEGIN generated {block}") + len("<!-- BEGIN generated ")
+        stale = stale[:begin] + stale[begin:].replace("-->\n", "-->\nstale 0 of 9\n", 1)
+    readme.write_text(stale)
+    (dst / "findings.md").write_text("stale\n")
+    regenerate(dst)
+
+    def texts(folder: Path) -> dict[str, str]:
+        return {f.name: f.read_text() for f in sorted(folder.iterdir()) if f.suffix in (".md", ".csv", ".json")}
+    assert texts(dst) == texts(src)
+    assert absolute_paths(dst) == []
 
 
 @pytest.mark.parametrize("page", sorted(p.name for p in (ROOT / "docs" / "results").iterdir() if p.is_dir()))
